@@ -1,0 +1,44 @@
+# ats-wasm — the two commands a fresh Debian 12 needs: `make demo` and `make test`.
+SHELL := /bin/bash
+CARGO ?= $(shell command -v cargo 2>/dev/null || echo /usr/bin/cargo)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PLUGIN := target/release/libats_wasm.so
+
+# Debian packages: ATS and its headers, libclang for bindgen, the Rust toolchain with the
+# WebAssembly backend and std source for guest modules (see examples/README.md), and what the
+# demo and tests use (curl, python3 for the demo origin).
+APT_PACKAGES := trafficserver trafficserver-dev libclang-dev clang rustc-web cargo-web \
+	rust-web-src rust-web-llvm lld-22 wasi-libc curl python3 make
+
+.PHONY: all deps build plugin examples test unit-test integration-test lint demo clean
+
+all: build
+
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+build: plugin examples
+
+plugin:
+	$(CARGO) build --release --locked -p ats-wasm
+
+examples:
+	examples/build.sh
+
+test: deps build
+	$(CARGO) test --release --locked --workspace
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
+
+demo: deps build
+	examples/demo.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf examples/target .demo

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# `make demo`: starts a private Apache Traffic Server on loopback with ats-wasm and the
+# add-headers example filter in front of a loopback echo origin, sends one request through it,
+# prints the response headers and what the origin saw, then serves until Ctrl-C and cleans up.
+# Set DEMO_SERVE=0 to stop right after the request (used by CI). Everything lives in .demo/.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+demo="$root/.demo"
+plugin="$root/target/release/libats_wasm.so"
+wasm="$root/examples/target/wasm32-unknown-unknown/release/add_headers.wasm"
+for f in "$plugin" "$wasm"; do [ -f "$f" ] || { echo "missing $f: run 'make build'" >&2; exit 1; }; done
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ats_port=$(free_port); origin_port=$(free_port)
+
+rm -rf "$demo"; mkdir -p "$demo"/{etc,log,run,cache,bin}
+cp -r /etc/trafficserver/. "$demo/etc/"
+cat > "$demo/runroot.yaml" <<YAML
+prefix: $demo
+exec_prefix: /usr
+bindir: /usr/bin
+sbindir: /usr/sbin
+includedir: /usr/include
+libdir: /usr/lib/trafficserver
+libexecdir: /usr/lib/trafficserver/modules
+sysconfdir: $demo/etc
+datadir: $demo
+localstatedir: $demo
+runtimedir: $demo/run
+logdir: $demo/log
+cachedir: $demo/cache
+YAML
+cat > "$demo/etc/records.config" <<REC
+CONFIG proxy.config.admin.user_id STRING #-1
+CONFIG proxy.config.http.server_ports STRING $ats_port
+CONFIG proxy.config.exec_thread.autoconfig INT 0
+CONFIG proxy.config.exec_thread.limit INT 2
+CONFIG proxy.config.accept_threads INT 0
+CONFIG proxy.config.reverse_proxy.enabled INT 1
+CONFIG proxy.config.url_remap.remap_required INT 1
+CONFIG proxy.config.crash_log_helper STRING NULL
+CONFIG proxy.config.diags.debug.enabled INT 1
+CONFIG proxy.config.diags.debug.tags STRING ats_wasm
+CONFIG proxy.config.log.logging_enabled INT 0
+REC
+echo "$demo/cache 64M" > "$demo/etc/storage.config"
+echo "map / http://127.0.0.1:$origin_port/" > "$demo/etc/remap.config"
+cp "$wasm" "$demo/etc/add_headers.wasm"
+cp "$root/examples/add-headers/add-headers.yaml" "$demo/etc/add-headers.yaml"
+echo "$plugin add-headers.yaml" > "$demo/etc/plugin.config"
+
+# The origin: answers every request with the request head it received.
+cat > "$demo/origin.py" <<'PY'
+import http.server, sys
+class Echo(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = (self.requestline + "\r\n" + str(self.headers)).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Echo).serve_forever()
+PY
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'echo; echo "stopping"; exit 0' INT TERM
+setsid python3 "$demo/origin.py" "$origin_port" </dev/null >"$demo/log/origin.log" 2>&1 & pids+=($!)
+setsid traffic_server --run-root="$demo/runroot.yaml" </dev/null >"$demo/log/console.log" 2>&1 & pids+=($!)
+
+for _ in $(seq 100); do
+  curl -s -o /dev/null "http://127.0.0.1:$ats_port/" 2>/dev/null && break
+  sleep 0.1
+done
+echo "== ATS $(traffic_server --version 2>&1 | head -1 | awk '{print $3}') on 127.0.0.1:$ats_port, origin on 127.0.0.1:$origin_port"
+echo "== plugin.config: $(cat "$demo/etc/plugin.config")"
+echo
+echo "== curl -i http://127.0.0.1:$ats_port/hello"
+curl -sS -i "http://127.0.0.1:$ats_port/hello" | tr -d '\r' | sed 's/^/   /'
+echo
+echo "== ats-wasm in diags.log:"
+grep ats_wasm "$demo/log/diags.log" | sed 's/^/   /' || true
+if [ "${DEMO_SERVE:-1}" = 1 ] && [ -t 0 ]; then
+  echo
+  echo "Serving on http://127.0.0.1:$ats_port/ — press Ctrl-C to stop."
+  wait
+fi

@@ -1,0 +1,69 @@
+//! A compiled module with everything needed to make a ready VM from it.
+
+use std::sync::Arc;
+
+use wasmtime::{Engine, Instance, InstancePre, Module, Store};
+
+/// A host state factory: called once per new VM.
+type NewState<T> = dyn Fn() -> T + Send + Sync;
+/// The initializer: makes a freshly instantiated VM ready (e.g. `_initialize`, root context,
+/// `proxy_on_vm_start`, `proxy_on_configure`). An error means the VM must not be used.
+type Initializer<T> = dyn Fn(&mut Vm<T>) -> wasmtime::Result<()> + Send + Sync;
+
+/// One instantiated guest: its store (which owns the host state `T`) and its instance.
+pub struct Vm<T: 'static> {
+    /// The store; `store.data()` is the host state.
+    pub store: Store<T>,
+    /// The instance inside `store`.
+    pub instance: Instance,
+}
+
+/// A module compiled once per process and pre-linked, plus how to make a ready VM of it.
+///
+/// Instantiating from a template does no import resolution (`InstancePre`) and, with the
+/// pooling allocator and copy-on-write images of [`crate::new_engine`], no copying of the
+/// module's data segments.
+pub struct VmTemplate<T: 'static> {
+    engine: Engine,
+    module: Module,
+    pre: InstancePre<T>,
+    new_state: Box<NewState<T>>,
+    init: Box<Initializer<T>>,
+    /// Epoch ticks the initializer may run before it is interrupted.
+    init_deadline_ticks: u64,
+}
+
+impl<T: Send + 'static> VmTemplate<T> {
+    /// Builds a template from a pre-linked module.
+    pub fn new(
+        pre: InstancePre<T>,
+        new_state: impl Fn() -> T + Send + Sync + 'static,
+        init: impl Fn(&mut Vm<T>) -> wasmtime::Result<()> + Send + Sync + 'static,
+        init_deadline_ticks: u64,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            engine: pre.module().engine().clone(),
+            module: pre.module().clone(),
+            pre,
+            new_state: Box::new(new_state),
+            init: Box::new(init),
+            init_deadline_ticks,
+        })
+    }
+
+    /// The compiled module.
+    pub fn module(&self) -> &Module {
+        &self.module
+    }
+
+    /// Instantiates a new VM and runs the initializer on it. The VM is returned only if both
+    /// succeeded; on error nothing of it survives (its pool slot is released).
+    pub fn instantiate(&self) -> wasmtime::Result<Vm<T>> {
+        let mut store = Store::new(&self.engine, (self.new_state)());
+        store.set_epoch_deadline(self.init_deadline_ticks);
+        let instance = self.pre.instantiate(&mut store)?;
+        let mut vm = Vm { store, instance };
+        (self.init)(&mut vm)?;
+        Ok(vm)
+    }
+}

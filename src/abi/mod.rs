@@ -1,0 +1,24 @@
+//! The Proxy-Wasm ABI host: host functions and callback dispatch over a [`Backend`].
+//!
+//! Nothing here touches ATS: the plugin implements [`Backend`] over transactions, and
+//! [`testing::MemoryBackend`] implements it in memory so real SDK-built modules can be driven
+//! in unit tests. One concern per file, after the Rust SDK's layout:
+//! [`types`] (the ABI's enums), [`memory`] (checked guest memory), [`serialization`] (header
+//! maps), [`backend`] (the proxy side), [`state`] (per-VM host state), [`hostcalls`] and
+//! [`wasi`] (functions the guest imports), [`guest`] (callbacks into the guest).
+
+pub mod backend;
+pub mod guest;
+pub mod hostcalls;
+pub mod memory;
+pub mod serialization;
+pub mod state;
+pub mod testing;
+pub mod types;
+pub mod wasi;
+
+pub use backend::Backend;
+pub use guest::{AbiVersion, ProxyVm, validate_module};
+pub use hostcalls::linker_for;
+pub use state::{HostState, PluginInfo};
+pub use types::{Action, BufferType, LogLevel, MapType, Status};

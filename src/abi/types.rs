@@ -1,0 +1,158 @@
+//! The ABI's enumerations (spec section "Types"), with checked conversions from guest integers.
+
+/// `proxy_status_t`: what every host function returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum Status {
+    /// Success.
+    Ok = 0,
+    /// The requested item does not exist.
+    NotFound = 1,
+    /// An argument is invalid (unknown id, bad range, …).
+    BadArgument = 2,
+    /// Serialization failed.
+    SerializationFailure = 3,
+    /// Input could not be parsed.
+    ParseFailure = 4,
+    /// A pointer or length points outside the guest's memory.
+    InvalidMemoryAccess = 6,
+    /// A queue is empty.
+    Empty = 7,
+    /// A compare-and-swap did not match.
+    CasMismatch = 8,
+    /// The host failed.
+    InternalFailure = 10,
+    /// The host does not implement this.
+    Unimplemented = 12,
+}
+
+/// The result of a host call body: `Err(status)` ends the call with that status.
+pub type HostResult<T = ()> = Result<T, Status>;
+
+/// `proxy_log_level_t`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Most verbose.
+    Trace = 0,
+    /// Debugging.
+    Debug = 1,
+    /// Information.
+    Info = 2,
+    /// Warnings.
+    Warn = 3,
+    /// Errors.
+    Error = 4,
+    /// Critical errors.
+    Critical = 5,
+}
+
+impl LogLevel {
+    /// Converts a guest value; unknown values are `None` (the call answers `BAD_ARGUMENT`).
+    pub fn from_raw(v: i32) -> Option<Self> {
+        Some(match v {
+            0 => Self::Trace,
+            1 => Self::Debug,
+            2 => Self::Info,
+            3 => Self::Warn,
+            4 => Self::Error,
+            5 => Self::Critical,
+            _ => return None,
+        })
+    }
+}
+
+/// `proxy_map_type_t`: which header map a call is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MapType {
+    /// Request headers.
+    RequestHeaders = 0,
+    /// Request trailers.
+    RequestTrailers = 1,
+    /// Response headers.
+    ResponseHeaders = 2,
+    /// Response trailers.
+    ResponseTrailers = 3,
+    /// gRPC initial metadata.
+    GrpcInitialMetadata = 4,
+    /// gRPC trailing metadata.
+    GrpcTrailingMetadata = 5,
+    /// Headers of an HTTP call's response.
+    HttpCallResponseHeaders = 6,
+    /// Trailers of an HTTP call's response.
+    HttpCallResponseTrailers = 7,
+}
+
+impl MapType {
+    /// Converts a guest value; unknown values are `None` (`BAD_ARGUMENT`).
+    pub fn from_raw(v: i32) -> Option<Self> {
+        Some(match v {
+            0 => Self::RequestHeaders,
+            1 => Self::RequestTrailers,
+            2 => Self::ResponseHeaders,
+            3 => Self::ResponseTrailers,
+            4 => Self::GrpcInitialMetadata,
+            5 => Self::GrpcTrailingMetadata,
+            6 => Self::HttpCallResponseHeaders,
+            7 => Self::HttpCallResponseTrailers,
+            _ => return None,
+        })
+    }
+}
+
+/// `proxy_buffer_type_t`: which buffer a call is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BufferType {
+    /// Request body.
+    HttpRequestBody = 0,
+    /// Response body.
+    HttpResponseBody = 1,
+    /// L4 downstream data.
+    DownstreamData = 2,
+    /// L4 upstream data.
+    UpstreamData = 3,
+    /// Body of an HTTP call's response.
+    HttpCallResponseBody = 4,
+    /// gRPC message.
+    GrpcCallMessage = 5,
+    /// The VM configuration (readable in `proxy_on_vm_start`).
+    VmConfiguration = 6,
+    /// The plugin configuration (readable in `proxy_on_configure`).
+    PluginConfiguration = 7,
+    /// Arguments of a foreign function call.
+    ForeignFunctionArguments = 8,
+}
+
+impl BufferType {
+    /// Converts a guest value; unknown values are `None` (`BAD_ARGUMENT`).
+    pub fn from_raw(v: i32) -> Option<Self> {
+        Some(match v {
+            0 => Self::HttpRequestBody,
+            1 => Self::HttpResponseBody,
+            2 => Self::DownstreamData,
+            3 => Self::UpstreamData,
+            4 => Self::HttpCallResponseBody,
+            5 => Self::GrpcCallMessage,
+            6 => Self::VmConfiguration,
+            7 => Self::PluginConfiguration,
+            8 => Self::ForeignFunctionArguments,
+            _ => return None,
+        })
+    }
+}
+
+/// `proxy_action_t`: what a stream callback asks the host to do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Go on with the stream.
+    Continue,
+    /// Hold the stream until the guest continues it.
+    Pause,
+}
+
+impl Action {
+    /// Converts a callback's return value. The spec defines 0 and 1; anything else is treated as
+    /// `Continue`, like other hosts do, so a sloppy guest cannot hang a transaction.
+    pub fn from_raw(v: i32) -> Self {
+        if v == 1 { Self::Pause } else { Self::Continue }
+    }
+}

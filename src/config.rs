@@ -1,0 +1,501 @@
+//! Plugin arguments and filter YAML files, in the upstream ATS Wasm plugin's format.
+//!
+//! `plugin.config`: `libats_wasm.so [--option=value …] a.yaml [b.yaml …]`. Relative YAML paths
+//! and relative `code.local.filename`s resolve against the ATS configuration directory. Every
+//! error is one line naming the file (or argument) and the problem; nothing here touches ATS.
+
+use std::path::{Path, PathBuf};
+
+use yaml_rust2::{Yaml, YamlLoader, yaml::Hash};
+
+/// How transactions share VMs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    /// Each net thread keeps long-lived VMs; a transaction gets a stream context in one of them.
+    Shared,
+}
+
+/// Options given on the plugin's line in `plugin.config`, and the YAML files after them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PluginArgs {
+    /// `--pool-size=N`: VMs per net thread per filter (default 1).
+    pub pool_size: usize,
+    /// `--isolation=shared` (the only mode so far).
+    pub isolation: Isolation,
+    /// `--callback-deadline-ms=N`: the longest one guest callback may run (default 100).
+    pub callback_deadline_ms: u64,
+    /// `--max-memory=SIZE`: the largest linear memory of one VM (default 64M).
+    pub max_memory_bytes: usize,
+    /// The filter YAML files, absolute, in command-line order.
+    pub yaml_files: Vec<PathBuf>,
+}
+
+impl Default for PluginArgs {
+    fn default() -> Self {
+        Self {
+            pool_size: 1,
+            isolation: Isolation::Shared,
+            callback_deadline_ms: 100,
+            max_memory_bytes: 64 << 20,
+            yaml_files: Vec::new(),
+        }
+    }
+}
+
+/// The usage line shown with argument errors.
+pub const USAGE: &str = "usage: libats_wasm.so [--pool-size=N] [--isolation=shared] \
+    [--callback-deadline-ms=N] [--max-memory=SIZE] [--metrics-listen=off] FILTER.yaml [FILTER.yaml ...]";
+
+fn resolve(config_dir: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() { p.to_path_buf() } else { config_dir.join(p) }
+}
+
+fn parse_number(opt: &str, v: &str, min: u64, max: u64) -> Result<u64, String> {
+    match v.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("{opt}: expected a whole number from {min} to {max}, got \"{v}\"")),
+    }
+}
+
+/// Parses a size such as `65536`, `512K`, `64M`, `64MiB` or `1G` (powers of 1024).
+pub fn parse_size(v: &str) -> Option<usize> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let mult: usize = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Parses the plugin's arguments (`args[0]` is the plugin path ATS passes first).
+pub fn parse_args(args: &[String], config_dir: &Path) -> Result<PluginArgs, String> {
+    let mut out = PluginArgs::default();
+    for arg in args.iter().skip(1) {
+        if let Some(opt) = arg.strip_prefix("--") {
+            let (name, value) = opt.split_once('=').unwrap_or((opt, ""));
+            let flag = format!("--{name}");
+            if value.is_empty() {
+                return Err(format!("{flag}: missing value (write {flag}=VALUE); {USAGE}"));
+            }
+            match name {
+                "pool-size" => out.pool_size = parse_number(&flag, value, 1, 64)? as usize,
+                "isolation" => {
+                    out.isolation = match value {
+                        "shared" => Isolation::Shared,
+                        "transaction" => {
+                            return Err(format!(
+                                "{flag}: \"transaction\" isolation is not implemented yet; use \"shared\""
+                            ));
+                        }
+                        _ => return Err(format!("{flag}: expected \"shared\" or \"transaction\", got \"{value}\"")),
+                    }
+                }
+                "callback-deadline-ms" => out.callback_deadline_ms = parse_number(&flag, value, 1, 60_000)?,
+                "max-memory" => {
+                    out.max_memory_bytes = match parse_size(value) {
+                        Some(n) if (1 << 20..=4 << 30).contains(&n) => n,
+                        _ => return Err(format!("{flag}: expected a size from 1M to 4G (e.g. 64M), got \"{value}\"")),
+                    }
+                }
+                "metrics-listen" => {
+                    if value != "off" {
+                        return Err(format!(
+                            "{flag}: the metrics endpoint is not implemented yet; only \"off\" is accepted"
+                        ));
+                    }
+                }
+                _ => return Err(format!("unknown argument \"{arg}\"; {USAGE}")),
+            }
+        } else {
+            out.yaml_files.push(resolve(config_dir, arg));
+        }
+    }
+    if out.yaml_files.is_empty() {
+        return Err(format!("no filter configuration file given; {USAGE}"));
+    }
+    Ok(out)
+}
+
+/// One filter as configured by its YAML file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FilterConfig {
+    /// The YAML file it came from.
+    pub source: PathBuf,
+    /// `config.name` (default: the file's stem).
+    pub name: String,
+    /// `config.root_id` / `rootId`.
+    pub root_id: String,
+    /// `config.configuration`: the plugin configuration.
+    pub configuration: String,
+    /// `config.fail_open` (default true).
+    pub fail_open: bool,
+    /// `config.capability_restriction_config.allowed_capabilities`, when given.
+    pub allowed_capabilities: Option<Vec<String>>,
+    /// `vm_config.runtime`, as written (ats-wasm always runs wasmtime).
+    pub runtime: Option<String>,
+    /// `vm_config.vm_id` / `vmId`.
+    pub vm_id: String,
+    /// `vm_config.configuration`: the VM configuration.
+    pub vm_configuration: String,
+    /// `vm_config.allow_precompiled` (default true).
+    pub allow_precompiled: bool,
+    /// `environment_variables`: `host_env_keys` looked up in the process environment, then
+    /// `key_values`.
+    pub environment: Vec<(String, String)>,
+    /// `vm_config.code.local.filename`, resolved.
+    pub wasm_path: PathBuf,
+    /// Keys present in the file that ats-wasm does not know (ignored, but reported).
+    pub unknown_keys: Vec<String>,
+}
+
+fn kind(y: &Yaml) -> &'static str {
+    match y {
+        Yaml::Real(_) => "a number",
+        Yaml::Integer(_) => "an integer",
+        Yaml::String(_) => "a string",
+        Yaml::Boolean(_) => "a boolean",
+        Yaml::Array(_) => "a list",
+        Yaml::Hash(_) => "a map",
+        Yaml::Alias(_) => "an alias",
+        Yaml::Null => "null",
+        Yaml::BadValue => "nothing",
+    }
+}
+
+struct Map<'a> {
+    hash: &'a Hash,
+    path: String,
+}
+
+impl<'a> Map<'a> {
+    fn new(y: &'a Yaml, path: &str) -> Result<Self, String> {
+        match y {
+            Yaml::Hash(hash) => {
+                for k in hash.keys() {
+                    if k.as_str().is_none() {
+                        return Err(format!("{path}: keys must be strings, found {} key", kind(k)));
+                    }
+                }
+                Ok(Map { hash, path: path.to_string() })
+            }
+            other => Err(format!("{path}: expected a map, found {}", kind(other))),
+        }
+    }
+
+    fn key(&self, k: &str) -> String {
+        format!("{}.{k}", self.path)
+    }
+
+    /// The first of `names` present.
+    fn get(&self, names: &[&str]) -> Option<(&'a Yaml, String)> {
+        names.iter().find_map(|n| self.hash.get(&Yaml::String((*n).to_string())).map(|v| (v, self.key(n))))
+    }
+
+    fn string(&self, names: &[&str]) -> Result<Option<String>, String> {
+        match self.get(names) {
+            None | Some((Yaml::Null, _)) => Ok(None),
+            Some((Yaml::String(s), _)) => Ok(Some(s.clone())),
+            Some((Yaml::Integer(i), _)) => Ok(Some(i.to_string())),
+            Some((Yaml::Real(r), _)) => Ok(Some(r.clone())),
+            Some((Yaml::Boolean(b), _)) => Ok(Some(b.to_string())),
+            Some((other, key)) => Err(format!("{key}: expected a string, found {}", kind(other))),
+        }
+    }
+
+    fn boolean(&self, names: &[&str]) -> Result<Option<bool>, String> {
+        match self.get(names) {
+            None | Some((Yaml::Null, _)) => Ok(None),
+            Some((Yaml::Boolean(b), _)) => Ok(Some(*b)),
+            Some((other, key)) => Err(format!("{key}: expected true or false, found {}", kind(other))),
+        }
+    }
+
+    fn map(&self, names: &[&str]) -> Result<Option<Map<'a>>, String> {
+        match self.get(names) {
+            None | Some((Yaml::Null, _)) => Ok(None),
+            Some((y, key)) => Map::new(y, &key).map(Some),
+        }
+    }
+
+    fn string_list(&self, names: &[&str]) -> Result<Option<Vec<String>>, String> {
+        match self.get(names) {
+            None | Some((Yaml::Null, _)) => Ok(None),
+            Some((Yaml::Array(items), key)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, y)| match y {
+                    Yaml::String(s) => Ok(s.clone()),
+                    other => Err(format!("{key}[{i}]: expected a string, found {}", kind(other))),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some((other, key)) => Err(format!("{key}: expected a list of strings, found {}", kind(other))),
+        }
+    }
+
+    /// Records the keys of this map that are not in `known`.
+    fn unknown(&self, known: &[&str], out: &mut Vec<String>) {
+        for k in self.hash.keys().filter_map(Yaml::as_str) {
+            if !known.contains(&k) {
+                out.push(self.key(k));
+            }
+        }
+    }
+}
+
+/// Reads and parses a filter YAML file. `env` looks up `host_env_keys` in the process
+/// environment. Errors are one line: `<file>: <problem>`.
+pub fn load_filter(
+    path: &Path,
+    config_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<FilterConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    parse_filter(&text, path, config_dir, env).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Parses filter YAML `text` (from file `source`).
+pub fn parse_filter(
+    text: &str,
+    source: &Path,
+    config_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<FilterConfig, String> {
+    let docs = YamlLoader::load_from_str(text).map_err(|e| format!("malformed YAML: {e}"))?;
+    let doc = docs.first().ok_or("the file is empty; expected a top-level `config:` map")?;
+    let top = Map::new(doc, "(top level)")?;
+    let (config_yaml, _) = top.get(&["config"]).ok_or("no top-level `config:` map")?;
+    let config = Map::new(config_yaml, "config")?;
+    let mut unknown = Vec::new();
+    config.unknown(
+        &[
+            "name",
+            "root_id",
+            "rootId",
+            "configuration",
+            "fail_open",
+            "capability_restriction_config",
+            "vm_config",
+            "vmConfig",
+        ],
+        &mut unknown,
+    );
+
+    let allowed_capabilities = match config.map(&["capability_restriction_config"])? {
+        Some(m) => {
+            m.unknown(&["allowed_capabilities"], &mut unknown);
+            m.string_list(&["allowed_capabilities"])?
+        }
+        None => None,
+    };
+
+    let vm = config.map(&["vm_config", "vmConfig"])?.ok_or("config.vm_config is missing")?;
+    vm.unknown(
+        &["runtime", "vm_id", "vmId", "configuration", "allow_precompiled", "environment_variables", "code"],
+        &mut unknown,
+    );
+    let code = vm.map(&["code"])?.ok_or(format!("{} is missing", vm.key("code")))?;
+    code.unknown(&["local"], &mut unknown);
+    let local = code.map(&["local"])?.ok_or(format!("{} is missing", code.key("local")))?;
+    local.unknown(&["filename"], &mut unknown);
+    let filename = local
+        .string(&["filename"])?
+        .filter(|s| !s.is_empty())
+        .ok_or(format!("{} is missing", local.key("filename")))?;
+
+    let mut environment = Vec::new();
+    if let Some(ev) = vm.map(&["environment_variables"])? {
+        ev.unknown(&["host_env_keys", "key_values"], &mut unknown);
+        for k in ev.string_list(&["host_env_keys"])?.unwrap_or_default() {
+            if let Some(v) = env(&k) {
+                environment.push((k, v));
+            }
+        }
+        if let Some(kv) = ev.map(&["key_values"])? {
+            for k in kv.hash.keys().filter_map(Yaml::as_str) {
+                let v = kv.string(&[k])?.unwrap_or_default();
+                environment.push((k.to_string(), v));
+            }
+        }
+    }
+
+    let default_name = source.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(FilterConfig {
+        source: source.to_path_buf(),
+        name: config.string(&["name"])?.unwrap_or(default_name),
+        root_id: config.string(&["root_id", "rootId"])?.unwrap_or_default(),
+        configuration: config.string(&["configuration"])?.unwrap_or_default(),
+        fail_open: config.boolean(&["fail_open"])?.unwrap_or(true),
+        allowed_capabilities,
+        runtime: vm.string(&["runtime"])?,
+        vm_id: vm.string(&["vm_id", "vmId"])?.unwrap_or_default(),
+        vm_configuration: vm.string(&["configuration"])?.unwrap_or_default(),
+        allow_precompiled: vm.boolean(&["allow_precompiled"])?.unwrap_or(true),
+        environment,
+        wasm_path: resolve(config_dir, &filename),
+        unknown_keys: unknown,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Result<PluginArgs, String> {
+        let v: Vec<String> = std::iter::once("libats_wasm.so").chain(a.iter().copied()).map(String::from).collect();
+        parse_args(&v, Path::new("/etc/ts"))
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn parse(text: &str) -> Result<FilterConfig, String> {
+        parse_filter(text, Path::new("/etc/ts/f.yaml"), Path::new("/etc/ts"), &no_env)
+    }
+
+    const UPSTREAM_EXAMPLE: &str = r#"
+config:
+  name: "my-filter"
+  root_id: "my_root"
+  configuration: '{"deny_ua":"perl"}'
+  fail_open: false
+  capability_restriction_config:
+    allowed_capabilities: [proxy_log, proxy_get_header_map_value, proxy_send_local_response]
+  vm_config:
+    runtime: ats.wasm.runtime.wasmtime
+    vm_id: "my_vm"
+    configuration: "vm-config-string"
+    allow_precompiled: true
+    environment_variables:
+      host_env_keys: [HOSTNAME, NOT_SET]
+      key_values: {REGION: us-east}
+    code:
+      local:
+        filename: /usr/local/var/wasm/my_filter.wasm
+"#;
+
+    #[test]
+    fn arguments_have_defaults_and_resolve_relative_yaml_paths() {
+        let a = args(&["a.yaml", "/abs/b.yaml"]).unwrap();
+        assert_eq!(a.yaml_files, vec![PathBuf::from("/etc/ts/a.yaml"), PathBuf::from("/abs/b.yaml")]);
+        assert_eq!(a.pool_size, 1);
+        assert_eq!(a.callback_deadline_ms, 100);
+        assert_eq!(a.max_memory_bytes, 64 << 20);
+        let a = args(&[
+            "--pool-size=4",
+            "--callback-deadline-ms=250",
+            "--max-memory=128M",
+            "--metrics-listen=off",
+            "x.yaml",
+        ])
+        .unwrap();
+        assert_eq!((a.pool_size, a.callback_deadline_ms, a.max_memory_bytes), (4, 250, 128 << 20));
+    }
+
+    #[test]
+    fn bad_arguments_are_named_in_the_error() {
+        assert!(args(&["--frobnicate=1", "a.yaml"]).unwrap_err().starts_with("unknown argument \"--frobnicate=1\""));
+        assert!(
+            args(&["--pool-size=0", "a.yaml"])
+                .unwrap_err()
+                .starts_with("--pool-size: expected a whole number from 1 to 64, got \"0\"")
+        );
+        assert!(args(&["--pool-size=x", "a.yaml"]).unwrap_err().contains("got \"x\""));
+        assert!(args(&["--max-memory=12Q", "a.yaml"]).unwrap_err().starts_with("--max-memory: expected a size"));
+        assert!(args(&["--isolation=bogus", "a.yaml"]).unwrap_err().contains("got \"bogus\""));
+        assert!(args(&["--pool-size", "a.yaml"]).unwrap_err().starts_with("--pool-size: missing value"));
+        assert!(args(&[]).unwrap_err().starts_with("no filter configuration file given"));
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("65536"), Some(65536));
+        assert_eq!(parse_size("512K"), Some(512 << 10));
+        assert_eq!(parse_size("64MiB"), Some(64 << 20));
+        assert_eq!(parse_size("1g"), Some(1 << 30));
+        assert_eq!(parse_size("1.5G"), None);
+        assert_eq!(parse_size("M"), None);
+    }
+
+    #[test]
+    fn the_upstream_example_parses_unchanged() {
+        let env = |k: &str| (k == "HOSTNAME").then(|| "edge-1".to_string());
+        let f = parse_filter(UPSTREAM_EXAMPLE, Path::new("/etc/ts/f.yaml"), Path::new("/etc/ts"), &env).unwrap();
+        assert_eq!(f.name, "my-filter");
+        assert_eq!(f.root_id, "my_root");
+        assert_eq!(f.configuration, r#"{"deny_ua":"perl"}"#);
+        assert!(!f.fail_open);
+        assert_eq!(
+            f.allowed_capabilities.as_deref(),
+            Some(
+                &["proxy_log".to_string(), "proxy_get_header_map_value".into(), "proxy_send_local_response".into()][..]
+            )
+        );
+        assert_eq!(f.runtime.as_deref(), Some("ats.wasm.runtime.wasmtime"));
+        assert_eq!(f.vm_id, "my_vm");
+        assert_eq!(f.vm_configuration, "vm-config-string");
+        assert!(f.allow_precompiled);
+        assert_eq!(f.environment, vec![("HOSTNAME".into(), "edge-1".into()), ("REGION".into(), "us-east".into())]);
+        assert_eq!(f.wasm_path, PathBuf::from("/usr/local/var/wasm/my_filter.wasm"));
+        assert!(f.unknown_keys.is_empty());
+    }
+
+    #[test]
+    fn camel_case_aliases_defaults_and_relative_module_paths() {
+        let f = parse(
+            "config:\n  rootId: r\n  vmConfig:\n    vmId: v\n    code:\n      local:\n        filename: m.wasm\n",
+        )
+        .unwrap();
+        assert_eq!((f.root_id.as_str(), f.vm_id.as_str()), ("r", "v"));
+        assert_eq!(f.name, "f");
+        assert!(f.fail_open, "fail_open defaults to true");
+        assert_eq!(f.wasm_path, PathBuf::from("/etc/ts/m.wasm"));
+        assert_eq!(f.configuration, "");
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_problem() {
+        let base = "config:\n  vm_config:\n    code:\n      local:\n        filename: m.wasm\n";
+        assert_eq!(
+            parse(&format!("{base}  fail_open: \"maybe\"\n")).unwrap_err(),
+            "config.fail_open: expected true or false, found a string"
+        );
+        assert_eq!(
+            parse(&format!("{base}  configuration: [1, 2]\n")).unwrap_err(),
+            "config.configuration: expected a string, found a list"
+        );
+        assert_eq!(parse("config:\n  name: x\n").unwrap_err(), "config.vm_config is missing");
+        assert_eq!(
+            parse("config:\n  vm_config:\n    code:\n      local: {}\n").unwrap_err(),
+            "config.vm_config.code.local.filename is missing"
+        );
+        assert_eq!(parse("other: 1\n").unwrap_err(), "no top-level `config:` map");
+        assert_eq!(parse("").unwrap_err(), "the file is empty; expected a top-level `config:` map");
+        assert_eq!(parse("config: 3\n").unwrap_err(), "config: expected a map, found an integer");
+        assert!(parse("config: {a: [}\n").unwrap_err().starts_with("malformed YAML: "));
+        assert_eq!(
+            parse(&format!("{base}  capability_restriction_config:\n    allowed_capabilities: [1]\n")).unwrap_err(),
+            "config.capability_restriction_config.allowed_capabilities[0]: expected a string, found an integer"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_not_fatal() {
+        let f = parse("config:\n  fail_opne: false\n  vm_config:\n    code:\n      local:\n        filename: m.wasm\n        sha: x\n").unwrap();
+        assert_eq!(f.unknown_keys, vec!["config.fail_opne".to_string(), "config.vm_config.code.local.sha".into()]);
+    }
+
+    #[test]
+    fn load_filter_prefixes_errors_with_the_file() {
+        let err = load_filter(Path::new("/nonexistent/x.yaml"), Path::new("/"), &no_env).unwrap_err();
+        assert!(err.starts_with("/nonexistent/x.yaml: cannot read: "), "{err}");
+    }
+}

@@ -1,0 +1,62 @@
+//! One configured filter: its compiled module and its per-thread VM pool.
+
+use std::sync::Arc;
+
+use ats_wasm_pool::{VmPool, VmTemplate};
+use wasmtime::{Engine, Module};
+
+use super::backend::AtsBackend;
+use super::one_line;
+use crate::abi::{HostState, PluginInfo, guest, linker_for, validate_module};
+use crate::config::{FilterConfig, PluginArgs};
+
+/// A loaded filter.
+pub(crate) struct Filter {
+    pub(crate) name: String,
+    pub(crate) fail_open: bool,
+    pub(crate) pool: VmPool<HostState<AtsBackend>>,
+}
+
+impl Filter {
+    /// Compiles the filter's module once, links it, and proves it can start by creating one VM
+    /// and running its initializer (`proxy_on_vm_start`, `proxy_on_configure`). The error is
+    /// one line saying what is wrong with the module.
+    pub(crate) fn load(
+        engine: &Engine,
+        cfg: FilterConfig,
+        args: &PluginArgs,
+        deadline_ticks: u64,
+    ) -> Result<Self, String> {
+        let path = &cfg.wasm_path;
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read module {}: {e}", path.display()))?;
+        let module =
+            Module::new(engine, &bytes).map_err(|e| format!("invalid module {}: {}", path.display(), one_line(&e)))?;
+        validate_module(&module).map_err(|e| format!("invalid module {}: {e}", path.display()))?;
+        let linker = linker_for::<AtsBackend>(&module)
+            .map_err(|e| format!("cannot link module {}: {}", path.display(), one_line(&e)))?;
+        let pre = linker
+            .instantiate_pre(&module)
+            .map_err(|e| format!("cannot link module {}: {}", path.display(), one_line(&e)))?;
+
+        let info = Arc::new(PluginInfo {
+            name: cfg.name.clone(),
+            root_id: cfg.root_id.clone(),
+            vm_id: cfg.vm_id.clone(),
+            plugin_configuration: cfg.configuration.clone().into_bytes(),
+            vm_configuration: cfg.vm_configuration.clone().into_bytes(),
+            environment: cfg.environment.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            callback_deadline_ticks: deadline_ticks,
+        });
+        // The initializer may parse configuration: give it more time than one callback.
+        let init_ticks = deadline_ticks.saturating_mul(10).max(5000);
+        let template = VmTemplate::new(
+            pre,
+            move || HostState::new(AtsBackend, info.clone()),
+            |vm| guest::initialize(vm),
+            init_ticks,
+        );
+        // Prove the module starts before taking traffic.
+        template.instantiate().map_err(|e| format!("module {} failed to start: {}", path.display(), one_line(&e)))?;
+        Ok(Filter { name: cfg.name, fail_open: cfg.fail_open, pool: VmPool::new(template, args.pool_size) })
+    }
+}

@@ -1,0 +1,222 @@
+//! MIME header maps inside ATS message buffers.
+
+use std::ffi::c_int;
+
+use super::sys;
+
+/// An HTTP header (request or response) in an ATS message buffer. Releases its handle on drop.
+pub struct HeaderMap {
+    buf: sys::TSMBuffer,
+    loc: sys::TSMLoc,
+}
+
+const NULL_MLOC: sys::TSMLoc = std::ptr::null_mut();
+
+fn clen(s: &[u8]) -> c_int {
+    s.len().min(c_int::MAX as usize) as c_int
+}
+
+/// Copies `len` bytes at `ptr` (an ATS-owned string) into a slice valid for the caller's use.
+///
+/// # Safety
+/// `ptr` must point to `len` readable bytes that stay valid and unchanged while the slice lives.
+unsafe fn bytes<'a>(ptr: *const std::ffi::c_char, len: c_int) -> &'a [u8] {
+    if ptr.is_null() || len <= 0 {
+        &[]
+    } else {
+        // SAFETY: guaranteed by the caller.
+        unsafe { std::slice::from_raw_parts(ptr as *const u8, len as usize) }
+    }
+}
+
+impl HeaderMap {
+    /// Wraps the buffer and location a `TS*Get(txn, &buf, &loc)` getter fills.
+    ///
+    /// # Safety
+    /// `get` must be such a getter on a live transaction.
+    pub(crate) unsafe fn from_getter(
+        get: impl FnOnce(*mut sys::TSMBuffer, *mut sys::TSMLoc) -> sys::TSReturnCode,
+    ) -> Option<Self> {
+        let mut buf: sys::TSMBuffer = std::ptr::null_mut();
+        let mut loc: sys::TSMLoc = std::ptr::null_mut();
+        if get(&mut buf, &mut loc) != sys::TS_SUCCESS || buf.is_null() {
+            return None;
+        }
+        Some(HeaderMap { buf, loc })
+    }
+
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        // SAFETY: buf/loc come from a successful getter (type invariant).
+        unsafe { sys::TSMimeHdrFieldsCount(self.buf, self.loc).max(0) as usize }
+    }
+
+    /// Whether there is no field.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn find(&self, name: &[u8]) -> sys::TSMLoc {
+        // SAFETY: type invariant; name is valid for name.len() bytes.
+        unsafe { sys::TSMimeHdrFieldFind(self.buf, self.loc, name.as_ptr() as *const _, clen(name)) }
+    }
+
+    fn release(&self, field: sys::TSMLoc) {
+        // SAFETY: field is a handle obtained from this header.
+        unsafe {
+            sys::TSHandleMLocRelease(self.buf, self.loc, field);
+        }
+    }
+
+    fn value_of(&self, field: sys::TSMLoc) -> &[u8] {
+        let mut len: c_int = 0;
+        // SAFETY: field belongs to this header; idx -1 asks for the whole value (not one
+        // comma-separated element). The bytes stay valid until the header is modified, which
+        // cannot happen while &self is borrowed by the returned slice.
+        unsafe { bytes(sys::TSMimeHdrFieldValueStringGet(self.buf, self.loc, field, -1, &mut len), len) }
+    }
+
+    /// Appends the value of `name` to `out`, all fields of that name joined with `", "`.
+    /// Returns whether the field exists.
+    pub fn get(&self, name: &[u8], out: &mut Vec<u8>) -> bool {
+        let mut field = self.find(name);
+        let found = !field.is_null();
+        let mut first = true;
+        while !field.is_null() {
+            if !first {
+                out.extend_from_slice(b", ");
+            }
+            first = false;
+            out.extend_from_slice(self.value_of(field));
+            // SAFETY: field belongs to this header.
+            let next = unsafe { sys::TSMimeHdrFieldNextDup(self.buf, self.loc, field) };
+            self.release(field);
+            field = next;
+        }
+        found
+    }
+
+    /// Calls `f(name, value)` for every field in order.
+    pub fn for_each(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+        // SAFETY: type invariant.
+        let mut field = unsafe { sys::TSMimeHdrFieldGet(self.buf, self.loc, 0) };
+        while !field.is_null() {
+            let mut nlen: c_int = 0;
+            // SAFETY: field belongs to this header; the name is valid until modification.
+            let name = unsafe { bytes(sys::TSMimeHdrFieldNameGet(self.buf, self.loc, field, &mut nlen), nlen) };
+            f(name, self.value_of(field));
+            // SAFETY: as above.
+            let next = unsafe { sys::TSMimeHdrFieldNext(self.buf, self.loc, field) };
+            self.release(field);
+            field = next;
+        }
+    }
+
+    /// Appends a new field `name: value`. Returns false if ATS refused it.
+    pub fn add(&self, name: &[u8], value: &[u8]) -> bool {
+        let mut field: sys::TSMLoc = NULL_MLOC;
+        // SAFETY: type invariant; name/value valid for their lengths; field released below.
+        unsafe {
+            if sys::TSMimeHdrFieldCreateNamed(self.buf, self.loc, name.as_ptr() as *const _, clen(name), &mut field)
+                != sys::TS_SUCCESS
+            {
+                return false;
+            }
+            let ok = sys::TSMimeHdrFieldValueStringSet(
+                self.buf,
+                self.loc,
+                field,
+                -1,
+                value.as_ptr() as *const _,
+                clen(value),
+            ) == sys::TS_SUCCESS
+                && sys::TSMimeHdrFieldAppend(self.buf, self.loc, field) == sys::TS_SUCCESS;
+            if !ok {
+                sys::TSMimeHdrFieldDestroy(self.buf, self.loc, field);
+            }
+            self.release(field);
+            ok
+        }
+    }
+
+    /// Makes `name` one field with `value`: the first field of that name gets the value and
+    /// its duplicates are removed; when there is none, the field is added.
+    pub fn replace(&self, name: &[u8], value: &[u8]) -> bool {
+        let field = self.find(name);
+        if field.is_null() {
+            return self.add(name, value);
+        }
+        // SAFETY: field belongs to this header; value valid for its length.
+        let ok = unsafe {
+            sys::TSMimeHdrFieldValueStringSet(self.buf, self.loc, field, -1, value.as_ptr() as *const _, clen(value))
+                == sys::TS_SUCCESS
+        };
+        loop {
+            // SAFETY: as above.
+            let dup = unsafe { sys::TSMimeHdrFieldNextDup(self.buf, self.loc, field) };
+            if dup.is_null() {
+                break;
+            }
+            // SAFETY: dup belongs to this header; destroyed then released.
+            unsafe {
+                sys::TSMimeHdrFieldDestroy(self.buf, self.loc, dup);
+            }
+            self.release(dup);
+        }
+        self.release(field);
+        ok
+    }
+
+    /// Removes every field named `name`.
+    pub fn remove(&self, name: &[u8]) {
+        loop {
+            let field = self.find(name);
+            if field.is_null() {
+                return;
+            }
+            // SAFETY: field belongs to this header; destroyed then released.
+            unsafe {
+                sys::TSMimeHdrFieldDestroy(self.buf, self.loc, field);
+            }
+            self.release(field);
+        }
+    }
+
+    /// Removes every field.
+    pub fn clear(&self) {
+        loop {
+            // SAFETY: type invariant.
+            let field = unsafe { sys::TSMimeHdrFieldGet(self.buf, self.loc, 0) };
+            if field.is_null() {
+                return;
+            }
+            // SAFETY: field belongs to this header; destroyed then released.
+            unsafe {
+                sys::TSMimeHdrFieldDestroy(self.buf, self.loc, field);
+            }
+            self.release(field);
+        }
+    }
+
+    /// The request method (request headers only).
+    pub fn method(&self) -> Vec<u8> {
+        let mut len: c_int = 0;
+        // SAFETY: type invariant; copied out immediately.
+        unsafe { bytes(sys::TSHttpHdrMethodGet(self.buf, self.loc, &mut len), len).to_vec() }
+    }
+
+    /// The response status (response headers only).
+    pub fn status(&self) -> u16 {
+        // SAFETY: type invariant.
+        unsafe { sys::TSHttpHdrStatusGet(self.buf, self.loc) as u16 }
+    }
+}
+
+impl Drop for HeaderMap {
+    fn drop(&mut self) {
+        // SAFETY: the root handle from the getter is released exactly once, with a null parent.
+        unsafe {
+            sys::TSHandleMLocRelease(self.buf, NULL_MLOC, self.loc);
+        }
+    }
+}

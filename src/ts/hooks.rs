@@ -1,0 +1,95 @@
+//! Continuations and HTTP hooks, with every handler run under `catch_unwind`.
+
+use std::ffi::{c_int, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use super::log;
+use super::sys;
+use super::txn::{Resume, Txn};
+
+/// The transaction hooks ats-wasm uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpHook {
+    /// The client's request headers have been read (before remap).
+    ReadRequestHdr,
+    /// The response headers are about to be sent to the client (origin or cache).
+    SendResponseHdr,
+    /// The transaction is closing.
+    TxnClose,
+}
+
+impl HttpHook {
+    fn id(self) -> sys::TSHttpHookID {
+        match self {
+            HttpHook::ReadRequestHdr => sys::TS_HTTP_READ_REQUEST_HDR_HOOK,
+            HttpHook::SendResponseHdr => sys::TS_HTTP_SEND_RESPONSE_HDR_HOOK,
+            HttpHook::TxnClose => sys::TS_HTTP_TXN_CLOSE_HOOK,
+        }
+    }
+
+    fn from_event(ev: sys::TSEvent) -> Option<Self> {
+        Some(match ev {
+            sys::TS_EVENT_HTTP_READ_REQUEST_HDR => HttpHook::ReadRequestHdr,
+            sys::TS_EVENT_HTTP_SEND_RESPONSE_HDR => HttpHook::SendResponseHdr,
+            sys::TS_EVENT_HTTP_TXN_CLOSE => HttpHook::TxnClose,
+            _ => return None,
+        })
+    }
+}
+
+/// Handles transaction hook events. The returned [`Resume`] is applied (`TSHttpTxnReenable`)
+/// after the handler has returned, so no borrow of the handler survives into the next hook
+/// that ATS may run synchronously.
+pub trait TxnHandler: 'static {
+    /// Handles `hook` for `txn`.
+    fn on_hook(hook: HttpHook, txn: Txn) -> Resume;
+}
+
+unsafe extern "C" fn trampoline<H: TxnHandler>(_cont: sys::TSCont, event: sys::TSEvent, edata: *mut c_void) -> c_int {
+    let Some(hook) = HttpHook::from_event(event) else {
+        return 0;
+    };
+    // SAFETY: for HTTP transaction hook events, edata is the live transaction.
+    let txn = unsafe { Txn::from_raw(edata) };
+    let resume = match catch_unwind(AssertUnwindSafe(|| H::on_hook(hook, txn))) {
+        Ok(r) => r,
+        Err(_) => {
+            log::error(
+                format!("ats_wasm: internal error (panic) in the {hook:?} hook; the transaction continues").as_bytes(),
+            );
+            Resume::Continue
+        }
+    };
+    txn.reenable(resume);
+    0
+}
+
+/// A continuation whose events go to `H` (`TSContCreate` with no mutex).
+#[derive(Clone, Copy)]
+pub struct TxnCont(sys::TSCont);
+
+// SAFETY: a TSCont is an opaque handle; with no mutex, ATS may call it from any thread, which
+// the trampoline allows (it keeps no state of its own).
+unsafe impl Send for TxnCont {}
+// SAFETY: as above.
+unsafe impl Sync for TxnCont {}
+
+impl TxnCont {
+    /// Creates the continuation.
+    pub fn new<H: TxnHandler>() -> Self {
+        // SAFETY: trampoline::<H> has the TSEventFunc signature; a null mutex is allowed.
+        TxnCont(unsafe { sys::TSContCreate(Some(trampoline::<H>), std::ptr::null_mut()) })
+    }
+
+    /// Adds this continuation on `hook` for every transaction (`TSHttpHookAdd`).
+    pub fn add_global(self, hook: HttpHook) {
+        // SAFETY: self is a valid continuation.
+        unsafe { sys::TSHttpHookAdd(hook.id(), self.0) }
+    }
+
+    /// Adds this continuation on `hook` for `txn` only (`TSHttpTxnHookAdd`).
+    pub fn add_to_txn(self, txn: Txn, hook: HttpHook) {
+        // SAFETY: txn is live (Txn invariant) and self is valid.
+        unsafe { sys::TSHttpTxnHookAdd(txn.raw(), hook.id(), self.0) }
+    }
+}

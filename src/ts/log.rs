@@ -1,0 +1,43 @@
+//! ATS diagnostics: `TSDebug` (console, when the tag is enabled), `TSNote`, `TSWarning` and
+//! `TSError` (`diags.log`).
+
+use std::ffi::{CStr, c_int};
+
+use super::sys;
+
+/// The debug tag of everything ats-wasm writes with [`debug`].
+pub const TAG: &CStr = c"ats_wasm";
+
+/// Whether `proxy.config.diags.debug.tags` enables [`TAG`].
+pub fn debug_enabled() -> bool {
+    // SAFETY: TAG is a NUL-terminated static string.
+    unsafe { sys::TSIsDebugTagSet(TAG.as_ptr()) != 0 }
+}
+
+fn len(msg: &[u8]) -> c_int {
+    msg.len().min(c_int::MAX as usize) as c_int
+}
+
+/// Writes `msg` with `TSDebug` under [`TAG`] (shown only when the tag is enabled).
+pub fn debug(msg: &[u8]) {
+    // SAFETY: "%.*s" reads exactly `len` bytes from `msg`, which outlives the call.
+    unsafe { sys::TSDebug(TAG.as_ptr(), c"%.*s".as_ptr(), len(msg), msg.as_ptr()) }
+}
+
+/// Writes `msg` to `diags.log` at NOTE level.
+pub fn note(msg: &[u8]) {
+    // SAFETY: as in `debug`.
+    unsafe { sys::TSNote(c"%.*s".as_ptr(), len(msg), msg.as_ptr()) }
+}
+
+/// Writes `msg` to `diags.log` at WARNING level.
+pub fn warning(msg: &[u8]) {
+    // SAFETY: as in `debug`.
+    unsafe { sys::TSWarning(c"%.*s".as_ptr(), len(msg), msg.as_ptr()) }
+}
+
+/// Writes `msg` to `diags.log` at ERROR level.
+pub fn error(msg: &[u8]) {
+    // SAFETY: as in `debug`.
+    unsafe { sys::TSError(c"%.*s".as_ptr(), len(msg), msg.as_ptr()) }
+}

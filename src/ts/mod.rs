@@ -1,0 +1,11 @@
+//! The ATS side: bindgen bindings over `ts/ts.h` ([`sys`]) and thin safe wrappers, split by
+//! domain. This is the only module that names ATS symbols; every other layer is testable
+//! without ATS.
+
+pub mod entry;
+pub mod headers;
+pub mod hooks;
+pub mod log;
+pub mod plugin;
+pub mod sys;
+pub mod txn;
