@@ -147,10 +147,10 @@ impl<T: Send + 'static> VmPool<T> {
         if tp.thread != r.thread {
             return;
         }
-        if let Some(slot) = tp.slots.get_mut(r.slot as usize) {
-            if slot.generation == r.generation {
-                slot.vm = None;
-            }
+        if let Some(slot) = tp.slots.get_mut(r.slot as usize)
+            && slot.generation == r.generation
+        {
+            slot.vm = None;
         }
     }
 
@@ -160,10 +160,10 @@ impl<T: Send + 'static> VmPool<T> {
     }
 
     fn fill(&self, tp: &mut ThreadPool<T>, slot: usize) -> Result<(), PoolError> {
-        if let Some(at) = tp.retry_at {
-            if Instant::now() < at {
-                return Err(PoolError::BackingOff);
-            }
+        if let Some(at) = tp.retry_at
+            && Instant::now() < at
+        {
+            return Err(PoolError::BackingOff);
         }
         match self.template.instantiate() {
             Ok(vm) => {

@@ -17,6 +17,9 @@ pub mod testing;
 pub mod types;
 pub mod wasi;
 
+#[cfg(test)]
+mod tests;
+
 pub use backend::Backend;
 pub use guest::{AbiVersion, ProxyVm, validate_module};
 pub use hostcalls::linker_for;

@@ -5,11 +5,14 @@ use std::collections::HashMap;
 use super::backend::Backend;
 use super::types::{HostResult, LogLevel, MapType, Status};
 
+/// The fields of one header map, in order.
+pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Header maps of in-memory streams, and every log line guests wrote.
 #[derive(Default, Debug)]
 pub struct MemoryBackend {
     /// Maps per `(stream, map)`; a map that is absent is "not available" to the guest.
-    pub maps: HashMap<(u32, MapType), Vec<(Vec<u8>, Vec<u8>)>>,
+    pub maps: HashMap<(u32, MapType), Fields>,
     /// `(filter, level, message)` of every log call.
     pub logs: Vec<(String, LogLevel, String)>,
     /// The level reported by `proxy_get_log_level`.
@@ -35,7 +38,7 @@ impl MemoryBackend {
             .unwrap_or_default()
     }
 
-    fn get_mut(&mut self, s: u32, map: MapType, write: bool) -> HostResult<&mut Vec<(Vec<u8>, Vec<u8>)>> {
+    fn get_mut(&mut self, s: u32, map: MapType, write: bool) -> HostResult<&mut Fields> {
         self.maps.get_mut(&(s, map)).ok_or(if write { Status::BadArgument } else { Status::NotFound })
     }
 }

@@ -49,12 +49,8 @@ impl Filter {
         });
         // The initializer may parse configuration: give it more time than one callback.
         let init_ticks = deadline_ticks.saturating_mul(10).max(5000);
-        let template = VmTemplate::new(
-            pre,
-            move || HostState::new(AtsBackend, info.clone()),
-            |vm| guest::initialize(vm),
-            init_ticks,
-        );
+        let template =
+            VmTemplate::new(pre, move || HostState::new(AtsBackend, info.clone()), guest::initialize, init_ticks);
         // Prove the module starts before taking traffic.
         template.instantiate().map_err(|e| format!("module {} failed to start: {}", path.display(), one_line(&e)))?;
         Ok(Filter { name: cfg.name, fail_open: cfg.fail_open, pool: VmPool::new(template, args.pool_size) })

@@ -58,13 +58,13 @@ impl Txn {
     }
 
     /// The value in transaction user argument slot `idx`.
-    pub fn user_arg(self, idx: i32) -> *mut c_void {
+    fn user_arg(self, idx: i32) -> *mut c_void {
         // SAFETY: live transaction; idx was reserved with TSUserArgIndexReserve.
         unsafe { sys::TSUserArgGet(self.0 as *mut c_void, idx) }
     }
 
     /// Stores `value` in transaction user argument slot `idx`.
-    pub fn set_user_arg(self, idx: i32, value: *mut c_void) {
+    fn set_user_arg(self, idx: i32, value: *mut c_void) {
         // SAFETY: as above; ATS stores the pointer without dereferencing it.
         unsafe { sys::TSUserArgSet(self.0 as *mut c_void, idx, value) }
     }

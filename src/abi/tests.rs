@@ -1,0 +1,187 @@
+//! The ABI host driven without ATS: real SDK-built modules (from `examples/`, built by
+//! `make build`) and hand-written WAT, over the in-memory backend.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ats_wasm_pool::{EngineOptions, Vm, new_engine};
+use wasmtime::{Engine, Module, Store};
+
+use super::guest::{self, ProxyVm};
+use super::testing::MemoryBackend;
+use super::{Action, HostState, LogLevel, MapType, PluginInfo, linker_for, validate_module};
+
+fn engine() -> Engine {
+    new_engine(&EngineOptions::default()).expect("engine")
+}
+
+fn example(name: &str) -> Vec<u8> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/target/wasm32-unknown-unknown/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (run `make build` first)", p.display()))
+}
+
+fn vm(engine: &Engine, wasm: &[u8], configuration: &str) -> wasmtime::Result<ProxyVm<MemoryBackend>> {
+    let module = Module::new(engine, wasm)?;
+    let linker = linker_for::<MemoryBackend>(&module)?;
+    let info = Arc::new(PluginInfo {
+        name: "test".into(),
+        root_id: "root".into(),
+        plugin_configuration: configuration.as_bytes().to_vec(),
+        callback_deadline_ticks: 1000,
+        ..PluginInfo::default()
+    });
+    let mut store = Store::new(engine, HostState::new(MemoryBackend::default(), info));
+    store.set_epoch_deadline(1000);
+    let instance = linker.instantiate(&mut store, &module)?;
+    let mut vm = Vm { store, instance };
+    guest::initialize(&mut vm)?;
+    Ok(vm)
+}
+
+#[test]
+fn rust_sdk_add_headers_module_reads_config_and_edits_both_maps() {
+    let engine = engine();
+    let config = r#"{"request_headers": {"x-req": "1"}, "response_headers": {"x-resp": "2"}}"#;
+    let mut vm = vm(&engine, &example("add-headers"), config).expect("the module starts");
+    let stream = 7;
+    {
+        let b = &mut vm.store.data_mut().backend;
+        b.set_map(stream, MapType::RequestHeaders, &[("host", "example.com"), ("x-req", "old")]);
+        b.set_map(stream, MapType::ResponseHeaders, &[("content-type", "text/plain")]);
+    }
+    let ctx = guest::create_stream_context(&mut vm, stream).unwrap();
+    assert_eq!(guest::on_request_headers(&mut vm, ctx, 2, true).unwrap(), Action::Continue);
+    assert_eq!(guest::on_response_headers(&mut vm, ctx, 1, false).unwrap(), Action::Continue);
+    let b = &vm.store.data().backend;
+    // proxy_add_header_map_value appends; it does not overwrite (an upstream-plugin defect).
+    assert_eq!(
+        b.map(stream, MapType::RequestHeaders),
+        vec![("host".into(), "example.com".into()), ("x-req".into(), "old".into()), ("x-req".into(), "1".into())]
+    );
+    assert_eq!(
+        b.map(stream, MapType::ResponseHeaders),
+        vec![("content-type".into(), "text/plain".into()), ("x-resp".into(), "2".into())]
+    );
+    assert!(b.logs.iter().any(|(_, l, m)| *l == LogLevel::Debug && m.contains("x-req")), "{:?}", b.logs);
+
+    guest::finish_stream_context(&mut vm, ctx).unwrap();
+    assert_eq!(vm.store.data().live_contexts(), 1, "only the root context remains");
+}
+
+#[test]
+fn bad_plugin_configuration_fails_initialization() {
+    let err = vm(&engine(), &example("add-headers"), "{not json").err().expect("must fail");
+    assert!(err.to_string().contains("proxy_on_configure returned false"), "{err:#}");
+}
+
+#[test]
+fn module_without_abi_export_is_rejected_with_a_clear_error() {
+    let module = Module::new(&engine(), "(module (memory (export \"memory\") 1))").unwrap();
+    let err = validate_module(&module).unwrap_err();
+    assert!(err.starts_with("not a Proxy-Wasm module"), "{err}");
+}
+
+/// A minimal module whose request-header callback calls one host function with raw arguments
+/// and stores the status it got at address 0, so tests can check what the host answered.
+fn probe(call: &str) -> String {
+    format!(
+        r#"(module
+          (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+          (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+          (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+          (import "env" "proxy_set_header_map_pairs" (func $set_pairs (param i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (func (export "proxy_abi_version_0_2_1"))
+          (func (export "malloc") (param i32) (result i32) (i32.const 1024))
+          (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+            (i32.store (i32.const 0) {call})
+            (i32.const 0))
+          (data (i32.const 16) "host"))"#
+    )
+}
+
+fn probe_status(call: &str) -> i32 {
+    let engine = engine();
+    let mut vm = vm(&engine, probe(call).as_bytes(), "").expect("probe starts");
+    vm.store.data_mut().backend.set_map(1, MapType::RequestHeaders, &[("host", "h")]);
+    let ctx = guest::create_stream_context(&mut vm, 1).unwrap();
+    guest::on_request_headers(&mut vm, ctx, 1, true).unwrap();
+    let mem = vm.instance.get_memory(&mut vm.store, "memory").unwrap();
+    let mut b = [0u8; 4];
+    mem.read(&vm.store, 0, &mut b).unwrap();
+    i32::from_le_bytes(b)
+}
+
+#[test]
+fn host_calls_answer_spec_statuses_for_bad_pointers_and_ids() {
+    // get "host" into (ptr@32, len@36): OK.
+    assert_eq!(probe_status("(call $get (i32.const 0) (i32.const 16) (i32.const 4) (i32.const 32) (i32.const 36))"), 0);
+    // Missing key ("ho", "ost"): NOT_FOUND.
+    assert_eq!(probe_status("(call $get (i32.const 0) (i32.const 16) (i32.const 2) (i32.const 32) (i32.const 36))"), 1);
+    assert_eq!(probe_status("(call $get (i32.const 0) (i32.const 17) (i32.const 3) (i32.const 32) (i32.const 36))"), 1);
+    // Unknown map type: BAD_ARGUMENT.
+    assert_eq!(
+        probe_status("(call $get (i32.const 99) (i32.const 16) (i32.const 4) (i32.const 32) (i32.const 36))"),
+        2
+    );
+    // Key outside memory, length overflowing, return pointer outside memory: INVALID_MEMORY_ACCESS.
+    assert_eq!(
+        probe_status("(call $get (i32.const 0) (i32.const 65535) (i32.const 4) (i32.const 32) (i32.const 36))"),
+        6
+    );
+    assert_eq!(
+        probe_status("(call $get (i32.const 0) (i32.const 16) (i32.const -1) (i32.const 32) (i32.const 36))"),
+        6
+    );
+    assert_eq!(
+        probe_status("(call $get (i32.const 0) (i32.const 16) (i32.const 4) (i32.const 65534) (i32.const 36))"),
+        6
+    );
+    assert_eq!(probe_status("(call $add (i32.const 0) (i32.const 16) (i32.const 4) (i32.const -8) (i32.const 16))"), 6);
+    // Unknown log level: BAD_ARGUMENT; a log message outside memory: INVALID_MEMORY_ACCESS.
+    assert_eq!(probe_status("(call $log (i32.const 9) (i32.const 16) (i32.const 4))"), 2);
+    assert_eq!(probe_status("(call $log (i32.const 2) (i32.const 65530) (i32.const 100))"), 6);
+    // Malformed serialized map: BAD_ARGUMENT (4 bytes "host" read as a huge pair count).
+    assert_eq!(probe_status("(call $set_pairs (i32.const 0) (i32.const 16) (i32.const 4))"), 2);
+}
+
+#[test]
+fn unimplemented_imports_answer_unimplemented_and_warn_once() {
+    let wat = r#"(module
+      (import "env" "proxy_grpc_cancel" (func $cancel (param i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "proxy_abi_version_0_2_1"))
+      (func (export "malloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+        (i32.store (i32.const 0) (call $cancel (i32.const 1)))
+        (drop (call $cancel (i32.const 1)))
+        (i32.const 0)))"#;
+    let engine = engine();
+    let mut vm = vm(&engine, wat.as_bytes(), "").unwrap();
+    let ctx = guest::create_stream_context(&mut vm, 1).unwrap();
+    guest::on_request_headers(&mut vm, ctx, 0, true).unwrap();
+    let mem = vm.instance.get_memory(&mut vm.store, "memory").unwrap();
+    let mut b = [0u8; 4];
+    mem.read(&vm.store, 0, &mut b).unwrap();
+    assert_eq!(i32::from_le_bytes(b), 12, "UNIMPLEMENTED");
+    let warnings: Vec<_> = vm.store.data().backend.logs.iter().filter(|(_, l, _)| *l == LogLevel::Warn).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].2.contains("env.proxy_grpc_cancel is not implemented"));
+}
+
+#[test]
+fn a_trapping_callback_is_an_error_not_a_panic() {
+    let wat = r#"(module
+      (memory (export "memory") 1)
+      (func (export "proxy_abi_version_0_2_1"))
+      (func (export "malloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+        (i32.load (i32.const 70000))))"#;
+    let engine = engine();
+    let mut vm = vm(&engine, wat.as_bytes(), "").unwrap();
+    let ctx = guest::create_stream_context(&mut vm, 1).unwrap();
+    let err = guest::on_request_headers(&mut vm, ctx, 0, true).unwrap_err();
+    assert!(format!("{err:#}").contains("out of bounds memory access"), "{err:#}");
+}
