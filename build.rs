@@ -19,6 +19,8 @@ fn main() {
         .header("wrapper.h")
         .clang_arg(format!("-I{include_dir}"))
         .allowlist_function("TS.*")
+        // TSmalloc/TSfree are macros over these.
+        .allowlist_function("_TS.*")
         .allowlist_type("TS.*")
         .allowlist_var("TS_.*")
         .allowlist_var("TSREMAP_.*")

@@ -205,11 +205,65 @@ impl HeaderMap {
         unsafe { bytes(sys::TSHttpHdrMethodGet(self.buf, self.loc, &mut len), len).to_vec() }
     }
 
+    /// Calls `f` with this request's URL handle (request headers only); `None` if it has none.
+    fn with_url<R>(&self, f: impl FnOnce(sys::TSMLoc) -> R) -> Option<R> {
+        let mut url: sys::TSMLoc = NULL_MLOC;
+        // SAFETY: type invariant; url is released below.
+        if unsafe { sys::TSHttpHdrUrlGet(self.buf, self.loc, &mut url) } != sys::TS_SUCCESS || url.is_null() {
+            return None;
+        }
+        let r = f(url);
+        self.release(url);
+        Some(r)
+    }
+
+    /// The request URL's parts, copied out: `(scheme, host, port, path, query)`. The path has
+    /// no leading `/` (ATS's convention); the port is the explicit or default one.
+    pub fn url_parts(&self) -> Option<UrlParts> {
+        self.with_url(|url| {
+            let get = |g: unsafe extern "C" fn(sys::TSMBuffer, sys::TSMLoc, *mut c_int) -> *const std::ffi::c_char| {
+                let mut len: c_int = 0;
+                // SAFETY: url belongs to this header; the bytes are copied out immediately.
+                unsafe { bytes(g(self.buf, url, &mut len), len).to_vec() }
+            };
+            UrlParts {
+                scheme: get(sys::TSUrlSchemeGet),
+                host: get(sys::TSUrlHostGet),
+                // SAFETY: url belongs to this header.
+                port: unsafe { sys::TSUrlPortGet(self.buf, url) }.clamp(0, 65535) as u16,
+                path: get(sys::TSUrlPathGet),
+                query: get(sys::TSUrlHttpQueryGet),
+            }
+        })
+    }
+
+    /// The HTTP version as `(major, minor)`.
+    pub fn version(&self) -> (u8, u8) {
+        // SAFETY: type invariant.
+        let v = unsafe { sys::TSHttpHdrVersionGet(self.buf, self.loc) };
+        (((v >> 16) & 0xff) as u8, (v & 0xff) as u8)
+    }
+
     /// The response status (response headers only).
     pub fn status(&self) -> u16 {
         // SAFETY: type invariant.
         unsafe { sys::TSHttpHdrStatusGet(self.buf, self.loc) as u16 }
     }
+}
+
+/// A request URL's parts, copied out of the message buffer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UrlParts {
+    /// `http`, `https`, or empty when the request line had no scheme.
+    pub scheme: Vec<u8>,
+    /// The host, or empty.
+    pub host: Vec<u8>,
+    /// The port (explicit or the scheme's default).
+    pub port: u16,
+    /// The path without its leading `/`.
+    pub path: Vec<u8>,
+    /// The query without `?`.
+    pub query: Vec<u8>,
 }
 
 impl Drop for HeaderMap {

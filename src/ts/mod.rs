@@ -6,6 +6,7 @@ pub mod entry;
 pub mod headers;
 pub mod hooks;
 pub mod log;
+pub mod net;
 pub mod plugin;
 pub mod sys;
 pub mod txn;
