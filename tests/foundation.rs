@@ -268,7 +268,9 @@ fn guest_traps_cost_one_transaction_under_fail_open_and_ats_keeps_serving() {
 fn guest_trap_under_fail_closed_fails_only_that_transaction() {
     let ats = oob_trap_ats("  fail_open: false\n");
     let r = ats.request("GET", "/trap", &[("x-trap", "oob")], b"");
-    assert!(r.status >= 500, "fail_closed must fail the transaction: {r:?}");
+    assert_eq!(r.status, 503, "fail_closed must fail the transaction with a local 503: {r:?}");
+    assert!(r.body_str().contains("filter \"oob-trap\" failed"), "{r:?}");
+    assert!(ats.origin().seen().iter().all(|s| s.path != "/trap"), "the origin must not be contacted");
     assert!(ats.wait_for_diags("fail_closed: the transaction fails", Duration::from_secs(5)), "{}", ats.diags_log());
     let after = ats.get("/after");
     assert_eq!(after.status, 200);

@@ -171,6 +171,14 @@ impl Plugin {
         if f.fail_open { Resume::Continue } else { Resume::Error }
     }
 
+    /// Fail-closed in the request phase: the client gets a 503 local response and the origin is
+    /// not contacted.
+    fn fail_closed_local(txn: Txn, filter: &str) -> Resume {
+        let body = format!("503 Service Unavailable: filter \"{filter}\" failed\n");
+        txn.set_local_response(503, body.as_bytes(), "text/plain");
+        Resume::Continue
+    }
+
     fn request_headers(&self, txn: Txn) -> Resume {
         let (num_headers, eos) = match txn.client_request() {
             Some(h) => (h.len(), no_body(&h)),
@@ -202,6 +210,7 @@ impl Plugin {
                 Err(e) => resume = self.failed(f, None, "getting a VM", &e),
             }
             if resume == Resume::Error {
+                resume = Self::fail_closed_local(txn, &f.name);
                 break;
             }
         }
