@@ -1,0 +1,68 @@
+//! The HTTP lifecycle through a real `traffic_server` with 2 net threads: filter chains run in
+//! order (request) and in reverse (response), and response callbacks see cache hits too.
+
+mod harness;
+
+use std::path::Path;
+
+use harness::{Ats, example_wasm};
+
+fn add_headers_yaml(name: &str, configuration: &str, wasm: &Path) -> String {
+    format!(
+        "config:\n  name: \"{name}\"\n  root_id: \"{name}\"\n  configuration: '{configuration}'\n  vm_config:\n    code:\n      local:\n        filename: {}\n",
+        wasm.display()
+    )
+}
+
+/// Two add-headers filters that each append their own name to `x-chain`.
+fn chained_ats() -> Ats {
+    let wasm = example_wasm("add-headers");
+    let conf =
+        |v: &str| format!(r#"{{"request_headers": {{"x-chain": "{v}"}}, "response_headers": {{"x-chain": "{v}"}}}}"#);
+    Ats::builder()
+        .net_threads(2)
+        .config_file("a.yaml", add_headers_yaml("a", &conf("a"), &wasm))
+        .config_file("b.yaml", add_headers_yaml("b", &conf("b"), &wasm))
+        .plugin(&["a.yaml", "b.yaml"])
+        .start()
+}
+
+#[test]
+fn request_filters_run_in_chain_order_and_response_filters_in_reverse() {
+    let ats = chained_ats();
+    for i in 0..20 {
+        let path = format!("/chain/{i}");
+        let r = ats.get(&path);
+        assert_eq!(r.status, 200);
+        // Response phase: b runs first, then a.
+        assert_eq!(r.headers_named("x-chain"), vec!["b", "a"], "{r:?}");
+        let seen = ats.origin().seen();
+        let req = seen.iter().find(|s| s.path == path).expect("origin saw the request");
+        // Request phase: a runs first, then b.
+        assert_eq!(req.headers_named("x-chain"), vec!["a", "b"], "{req:?}");
+    }
+}
+
+#[test]
+fn cache_hits_run_response_callbacks_too() {
+    let wasm = example_wasm("add-headers");
+    let ats = Ats::builder()
+        .net_threads(2)
+        .config_file("f.yaml", add_headers_yaml("f", r#"{"response_headers": {"x-filtered": "yes"}}"#, &wasm))
+        .plugin(&["f.yaml"])
+        .start();
+    let first = ats.get("/cacheable?max_age=600");
+    assert_eq!(first.header("x-filtered"), Some("yes"));
+    let count = ats.origin().count();
+    // Let the cache write finish, then fetch again: served from cache, still filtered.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    for _ in 0..5 {
+        let hit = ats.get("/cacheable?max_age=600");
+        assert_eq!(hit.status, 200);
+        assert_eq!(hit.header("x-filtered"), Some("yes"), "the filter's header on a cache hit: {hit:?}");
+        assert_eq!(hit.header("x-origin-count"), first.header("x-origin-count"), "served from cache");
+    }
+    assert_eq!(ats.origin().count(), count, "cache hits must not reach the origin");
+    // The filter's response header is added per response, not stored in the cache: exactly one.
+    assert_eq!(ats.get("/cacheable?max_age=600").headers_named("x-filtered").len(), 1);
+}
