@@ -13,6 +13,18 @@ use yaml_rust2::{Yaml, YamlLoader, yaml::Hash};
 pub enum Isolation {
     /// Each net thread keeps long-lived VMs; a transaction gets a stream context in one of them.
     Shared,
+    /// Each transaction gets a fresh VM of its own, discarded afterwards.
+    Transaction,
+}
+
+impl Isolation {
+    fn parse(key: &str, v: &str) -> Result<Self, String> {
+        match v {
+            "shared" => Ok(Isolation::Shared),
+            "transaction" => Ok(Isolation::Transaction),
+            _ => Err(format!("{key}: expected \"shared\" or \"transaction\", got \"{v}\"")),
+        }
+    }
 }
 
 /// Options given on the plugin's line in `plugin.config`, and the YAML files after them.
@@ -86,17 +98,7 @@ pub fn parse_args(args: &[String], config_dir: &Path) -> Result<PluginArgs, Stri
             }
             match name {
                 "pool-size" => out.pool_size = parse_number(&flag, value, 1, 64)? as usize,
-                "isolation" => {
-                    out.isolation = match value {
-                        "shared" => Isolation::Shared,
-                        "transaction" => {
-                            return Err(format!(
-                                "{flag}: \"transaction\" isolation is not implemented yet; use \"shared\""
-                            ));
-                        }
-                        _ => return Err(format!("{flag}: expected \"shared\" or \"transaction\", got \"{value}\"")),
-                    }
-                }
+                "isolation" => out.isolation = Isolation::parse(&flag, value)?,
                 "callback-deadline-ms" => out.callback_deadline_ms = parse_number(&flag, value, 1, 60_000)?,
                 "max-memory" => {
                     out.max_memory_bytes = match parse_size(value) {
@@ -134,8 +136,14 @@ pub struct FilterConfig {
     pub root_id: String,
     /// `config.configuration`: the plugin configuration.
     pub configuration: String,
-    /// `config.fail_open` (default true).
+    /// `config.fail_open` (default true), or `config.failure_policy: fail_open|fail_closed`.
     pub fail_open: bool,
+    /// `config.pool_size`: overrides `--pool-size` for this filter.
+    pub pool_size: Option<usize>,
+    /// `config.isolation`: overrides `--isolation` for this filter.
+    pub isolation: Option<Isolation>,
+    /// `config.callback_deadline_ms`: overrides `--callback-deadline-ms` for this filter.
+    pub callback_deadline_ms: Option<u64>,
     /// `config.capability_restriction_config.allowed_capabilities`, when given.
     pub allowed_capabilities: Option<Vec<String>>,
     /// `vm_config.runtime`, as written (ats-wasm always runs wasmtime).
@@ -214,6 +222,14 @@ impl<'a> Map<'a> {
             None | Some((Yaml::Null, _)) => Ok(None),
             Some((Yaml::Boolean(b), _)) => Ok(Some(*b)),
             Some((other, key)) => Err(format!("{key}: expected true or false, found {}", kind(other))),
+        }
+    }
+
+    fn integer(&self, names: &[&str]) -> Result<Option<i64>, String> {
+        match self.get(names) {
+            None | Some((Yaml::Null, _)) => Ok(None),
+            Some((Yaml::Integer(i), _)) => Ok(Some(*i)),
+            Some((other, key)) => Err(format!("{key}: expected a whole number, found {}", kind(other))),
         }
     }
 
@@ -326,13 +342,51 @@ pub fn parse_filter(
         }
     }
 
+    let fail_open = match (config.boolean(&["fail_open"])?, config.string(&["failure_policy"])?) {
+        (fo, None) => fo.unwrap_or(true),
+        (fo, Some(p)) => {
+            let open = match p.as_str() {
+                "fail_open" => true,
+                "fail_closed" => false,
+                _ => {
+                    return Err(format!(
+                        "config.failure_policy: expected \"fail_open\" or \"fail_closed\", got \"{p}\""
+                    ));
+                }
+            };
+            if fo.is_some_and(|fo| fo != open) {
+                return Err(format!("config.failure_policy: \"{p}\" contradicts config.fail_open"));
+            }
+            open
+        }
+    };
+    let pool_size = match config.integer(&["pool_size"])? {
+        None => None,
+        Some(n) if (1..=64).contains(&n) => Some(n as usize),
+        Some(n) => return Err(format!("config.pool_size: expected a whole number from 1 to 64, got {n}")),
+    };
+    let callback_deadline_ms = match config.integer(&["callback_deadline_ms"])? {
+        None => None,
+        Some(n) if (1..=60_000).contains(&n) => Some(n as u64),
+        Some(n) => {
+            return Err(format!("config.callback_deadline_ms: expected a whole number from 1 to 60000, got {n}"));
+        }
+    };
+    let isolation = match config.string(&["isolation"])? {
+        None => None,
+        Some(v) => Some(Isolation::parse("config.isolation", &v)?),
+    };
+
     let default_name = source.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     Ok(FilterConfig {
         source: source.to_path_buf(),
         name: config.string(&["name"])?.unwrap_or(default_name),
         root_id: config.string(&["root_id", "rootId"])?.unwrap_or_default(),
         configuration: config.string(&["configuration"])?.unwrap_or_default(),
-        fail_open: config.boolean(&["fail_open"])?.unwrap_or(true),
+        fail_open,
+        pool_size,
+        isolation,
+        callback_deadline_ms,
         allowed_capabilities,
         runtime: vm.string(&["runtime"])?,
         vm_id: vm.string(&["vm_id", "vmId"])?.unwrap_or_default(),
@@ -411,6 +465,7 @@ config:
         assert!(args(&["--pool-size=x", "a.yaml"]).unwrap_err().contains("got \"x\""));
         assert!(args(&["--max-memory=12Q", "a.yaml"]).unwrap_err().starts_with("--max-memory: expected a size"));
         assert!(args(&["--isolation=bogus", "a.yaml"]).unwrap_err().contains("got \"bogus\""));
+        assert_eq!(args(&["--isolation=transaction", "a.yaml"]).unwrap().isolation, Isolation::Transaction);
         assert!(args(&["--pool-size", "a.yaml"]).unwrap_err().starts_with("--pool-size: missing value"));
         assert!(args(&[]).unwrap_err().starts_with("no filter configuration file given"));
     }
@@ -484,6 +539,40 @@ config:
         assert_eq!(
             parse(&format!("{base}  capability_restriction_config:\n    allowed_capabilities: [1]\n")).unwrap_err(),
             "config.capability_restriction_config.allowed_capabilities[0]: expected a string, found an integer"
+        );
+    }
+
+    #[test]
+    fn failure_policy_and_per_filter_overrides() {
+        let base = "  vm_config:\n    code:\n      local:\n        filename: m.wasm\n";
+        let f = parse(&format!("config:\n  failure_policy: fail_closed\n  pool_size: 3\n  isolation: transaction\n  callback_deadline_ms: 20\n{base}")).unwrap();
+        assert!(!f.fail_open);
+        assert_eq!(
+            (f.pool_size, f.isolation, f.callback_deadline_ms),
+            (Some(3), Some(Isolation::Transaction), Some(20))
+        );
+        let f = parse(&format!("config:\n{base}")).unwrap();
+        assert_eq!((f.pool_size, f.isolation, f.callback_deadline_ms), (None, None, None));
+        assert!(parse(&format!("config:\n  failure_policy: fail_open\n  fail_open: true\n{base}")).unwrap().fail_open);
+        assert_eq!(
+            parse(&format!("config:\n  failure_policy: fail_open\n  fail_open: false\n{base}")).unwrap_err(),
+            "config.failure_policy: \"fail_open\" contradicts config.fail_open"
+        );
+        assert_eq!(
+            parse(&format!("config:\n  failure_policy: maybe\n{base}")).unwrap_err(),
+            "config.failure_policy: expected \"fail_open\" or \"fail_closed\", got \"maybe\""
+        );
+        assert_eq!(
+            parse(&format!("config:\n  pool_size: 0\n{base}")).unwrap_err(),
+            "config.pool_size: expected a whole number from 1 to 64, got 0"
+        );
+        assert_eq!(
+            parse(&format!("config:\n  pool_size: two\n{base}")).unwrap_err(),
+            "config.pool_size: expected a whole number, found a string"
+        );
+        assert_eq!(
+            parse(&format!("config:\n  isolation: none\n{base}")).unwrap_err(),
+            "config.isolation: expected \"shared\" or \"transaction\", got \"none\""
         );
     }
 

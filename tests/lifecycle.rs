@@ -66,3 +66,24 @@ fn cache_hits_run_response_callbacks_too() {
     // The filter's response header is added per response, not stored in the cache: exactly one.
     assert_eq!(ats.get("/cacheable?max_age=600").headers_named("x-filtered").len(), 1);
 }
+
+#[test]
+fn failure_policy_key_and_per_filter_deadline_override_the_arguments() {
+    let wasm = example_wasm("oob-trap");
+    let yaml = format!(
+        "config:\n  name: \"looper\"\n  failure_policy: fail_closed\n  callback_deadline_ms: 300\n  vm_config:\n    code:\n      local:\n        filename: {}\n",
+        wasm.display()
+    );
+    let ats = Ats::builder()
+        .net_threads(2)
+        .config_file("looper.yaml", yaml)
+        // The global deadline is long; the filter's own 300 ms must win.
+        .plugin(&["--callback-deadline-ms=20000", "looper.yaml"])
+        .start();
+    let started = std::time::Instant::now();
+    let r = ats.request("GET", "/loop", &[("x-trap", "loop")], b"");
+    let took = started.elapsed();
+    assert_eq!(r.status, 503, "failure_policy: fail_closed answers 503: {r:?}");
+    assert!(took < std::time::Duration::from_millis(600), "stopped within 2x the 300 ms deadline, took {took:?}");
+    assert!(ats.get("/after").header("x-oob-trap").is_some(), "later transactions run the filter again");
+}

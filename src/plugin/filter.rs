@@ -1,6 +1,7 @@
 //! One configured filter: its compiled module and its per-thread VM pool.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ats_wasm_pool::{VmPool, VmTemplate};
 use wasmtime::{Engine, Module};
@@ -8,7 +9,7 @@ use wasmtime::{Engine, Module};
 use super::backend::AtsBackend;
 use super::one_line;
 use crate::abi::{HostState, PluginInfo, guest, linker_for, validate_module};
-use crate::config::{FilterConfig, PluginArgs};
+use crate::config::{FilterConfig, Isolation, PluginArgs};
 
 /// A loaded filter.
 pub(crate) struct Filter {
@@ -21,12 +22,13 @@ impl Filter {
     /// Compiles the filter's module once, links it, and proves it can start by creating one VM
     /// and running its initializer (`proxy_on_vm_start`, `proxy_on_configure`). The error is
     /// one line saying what is wrong with the module.
-    pub(crate) fn load(
-        engine: &Engine,
-        cfg: FilterConfig,
-        args: &PluginArgs,
-        deadline_ticks: u64,
-    ) -> Result<Self, String> {
+    pub(crate) fn load(engine: &Engine, cfg: FilterConfig, args: &PluginArgs, tick: Duration) -> Result<Self, String> {
+        if cfg.isolation.unwrap_or(args.isolation) == Isolation::Transaction {
+            return Err("\"transaction\" isolation is not implemented yet; use \"shared\"".into());
+        }
+        let deadline_ms = cfg.callback_deadline_ms.unwrap_or(args.callback_deadline_ms);
+        let deadline_ticks = (deadline_ms as u128 * 1000 / tick.as_micros().max(1)).max(1) as u64;
+        let pool_size = cfg.pool_size.unwrap_or(args.pool_size);
         let path = &cfg.wasm_path;
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read module {}: {e}", path.display()))?;
         let module =
@@ -53,6 +55,6 @@ impl Filter {
             VmTemplate::new(pre, move || HostState::new(AtsBackend, info.clone()), guest::initialize, init_ticks);
         // Prove the module starts before taking traffic.
         template.instantiate().map_err(|e| format!("module {} failed to start: {}", path.display(), one_line(&e)))?;
-        Ok(Filter { name: cfg.name, fail_open: cfg.fail_open, pool: VmPool::new(template, args.pool_size) })
+        Ok(Filter { name: cfg.name, fail_open: cfg.fail_open, pool: VmPool::new(template, pool_size) })
     }
 }

@@ -85,7 +85,6 @@ pub fn init(args: &[String]) {
             return;
         }
     };
-    let deadline_ticks = (args.callback_deadline_ms * 1000 / opts.epoch_tick.as_micros().max(1) as u64).max(1);
 
     let mut filters = Vec::new();
     for path in &args.yaml_files {
@@ -102,7 +101,7 @@ pub fn init(args: &[String]) {
                     .as_bytes(),
             );
         }
-        match Filter::load(&engine, cfg, &args, deadline_ticks) {
+        match Filter::load(&engine, cfg, &args, opts.epoch_tick) {
             Ok(f) => {
                 log::note(format!("ats_wasm: filter \"{}\" loaded from {}", f.name, path.display()).as_bytes());
                 filters.push(f);
