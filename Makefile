@@ -24,7 +24,9 @@ deps:
 build: plugin examples
 
 plugin:
-	$(CARGO) build --release --locked -p ats-wasm
+	# --workspace --all-targets: the same feature set as `cargo test` (dev-dependencies such as
+	# criterion change shared dependencies' features), so build and test share one wasmtime build.
+	$(CARGO) build --release --locked --workspace --all-targets
 
 examples:
 	examples/build.sh

@@ -1,21 +1,27 @@
 //! Thread-per-core pools of pre-instantiated wasmtime VMs.
 //!
-//! This crate knows nothing of Apache Traffic Server or of the Proxy-Wasm ABI. It owns:
-//! - engine setup in one place ([`EngineOptions`], [`new_engine`]): the pooling instance
-//!   allocator with copy-on-write memory images, a per-VM memory cap, epoch interruption
-//!   driven by one ticker thread per engine ([`EpochTicker`]);
-//! - [`VmTemplate`]: a module compiled once, pre-linked into an [`wasmtime::InstancePre`], plus
-//!   the host state factory and the initializer that makes a fresh instance ready;
-//! - [`VmPool`]: one pool per thread (a `thread_local::ThreadLocal`), so a thread uses its own
-//!   VMs without locks. The caller's closure runs with a `&mut Vm<T>` that no other thread can
-//!   reach.
+//! This crate knows nothing of Apache Traffic Server or of the Proxy-Wasm ABI, and logs
+//! nothing: every problem comes back to the caller as a value. It owns:
+//! - engine setup in one place ([`EngineOptions`], [`WasmEngine`]): the pooling instance
+//!   allocator with copy-on-write memory images, a per-VM memory cap, signal-based traps, epoch
+//!   interruption driven by one ticker thread per engine ([`EpochTicker`]);
+//! - compilation once per module per process, with an optional verified on-disk cache of
+//!   compiled code ([`ModuleCompiler`], [`CacheOutcome`]);
+//! - [`VmTemplate`]: a module pre-linked into an [`wasmtime::InstancePre`] (no import
+//!   resolution per VM), plus the host state factory and the initializer that makes a fresh
+//!   instance ready;
+//! - [`VmPool`]: per-module pools with one pool per thread (a `thread_local::ThreadLocal`), in
+//!   one of two [`Isolation`] modes, handing out [`LeasedVm`]s without locks on the owning
+//!   thread, with poisoning, off-path refill, cross-thread returns and counters.
 //!
 //! Everything is generic over the host state `T` that the ABI layer keeps in the `Store`.
 
+mod cache;
 mod engine;
 mod pool;
 mod template;
 
-pub use engine::{EngineOptions, EpochTicker, new_engine};
-pub use pool::{PoolError, ThreadId, VmPool, VmRef};
+pub use cache::{CacheOutcome, CompiledModule, ModuleCompiler, WASMTIME_VERSION};
+pub use engine::{EngineError, EngineOptions, EpochTicker, WasmEngine, new_engine};
+pub use pool::{Isolation, LeasedVm, PoolConfig, PoolError, PoolStats, Refill, ThreadId, ThreadStats, VmPool, VmRef};
 pub use template::{Vm, VmTemplate};

@@ -34,7 +34,9 @@ pub struct VmTemplate<T: 'static> {
 }
 
 impl<T: Send + 'static> VmTemplate<T> {
-    /// Builds a template from a pre-linked module.
+    /// Builds a template from a pre-linked module: `new_state` makes each VM's host state,
+    /// `init` makes a fresh instance ready (an error means the VM is never used), and
+    /// `init_deadline_ticks` bounds how long `init` may run.
     pub fn new(
         pre: InstancePre<T>,
         new_state: impl Fn() -> T + Send + Sync + 'static,
@@ -56,8 +58,15 @@ impl<T: Send + 'static> VmTemplate<T> {
         &self.module
     }
 
-    /// Instantiates a new VM and runs the initializer on it. The VM is returned only if both
-    /// succeeded; on error nothing of it survives (its pool slot is released).
+    /// Epoch ticks the initializer may run before it is interrupted.
+    pub fn init_deadline_ticks(&self) -> u64 {
+        self.init_deadline_ticks
+    }
+
+    /// Instantiates a new VM (from the `InstancePre`: no import resolution) and runs the
+    /// initializer on it under the initializer deadline. The VM is returned only if both
+    /// succeeded, so a returned VM is ready; on error nothing of it survives (its pooling
+    /// allocator slot is released).
     pub fn instantiate(&self) -> wasmtime::Result<Vm<T>> {
         let mut store = Store::new(&self.engine, (self.new_state)());
         store.set_epoch_deadline(self.init_deadline_ticks);

@@ -8,6 +8,7 @@
 //! each context ends with `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`.
 
 pub mod backend;
+pub mod properties;
 mod filter;
 
 use std::sync::OnceLock;

@@ -130,6 +130,80 @@ impl Txn {
         unsafe { (sys::TSHttpTxnClientReqBodyBytesGet(self.0), sys::TSHttpTxnClientRespBodyBytesGet(self.0)) }
     }
 
+    /// Header and body bytes of the client request and of the response to the client:
+    /// `(request headers, request body, response headers, response body)`.
+    pub fn byte_counts(self) -> (i64, i64, i64, i64) {
+        // SAFETY: live transaction.
+        unsafe {
+            (
+                sys::TSHttpTxnClientReqHdrBytesGet(self.0) as i64,
+                sys::TSHttpTxnClientReqBodyBytesGet(self.0),
+                sys::TSHttpTxnClientRespHdrBytesGet(self.0) as i64,
+                sys::TSHttpTxnClientRespBodyBytesGet(self.0),
+            )
+        }
+    }
+
+    /// When the first byte of the client request arrived, in nanoseconds since the Unix epoch
+    /// (ATS's high-resolution clock is CLOCK_REALTIME).
+    pub fn started_ns(self) -> Option<i64> {
+        let mut t: sys::TSHRTime = 0;
+        // SAFETY: live transaction; t is a valid out-param.
+        let rc = unsafe { sys::TSHttpTxnMilestoneGet(self.0, sys::TS_MILESTONE_UA_BEGIN, &mut t) };
+        (rc == sys::TS_SUCCESS && t > 0).then_some(t)
+    }
+
+    /// Whether the response comes from a fresh cache hit.
+    pub fn is_cache_hit(self) -> bool {
+        let mut status: std::ffi::c_int = -1;
+        // SAFETY: live transaction; status is a valid out-param.
+        let rc = unsafe { sys::TSHttpTxnCacheLookupStatusGet(self.0, &mut status) };
+        rc == sys::TS_SUCCESS && status == sys::TS_CACHE_LOOKUP_HIT_FRESH as std::ffi::c_int
+    }
+
+    /// Whether an origin response exists for this transaction.
+    pub fn has_server_response(self) -> bool {
+        // SAFETY: live transaction; the getter fills the out-params on success.
+        unsafe { HeaderMap::from_getter(|b, l| sys::TSHttpTxnServerRespGet(self.0, b, l)) }.is_some()
+    }
+
+    /// The client connection's protocol stack tags, e.g. `["ipv4", "tcp", "tls/1.3", "h2"]`.
+    pub fn client_protocol_stack(self) -> Vec<String> {
+        let mut tags: [*const std::ffi::c_char; 10] = [std::ptr::null(); 10];
+        let mut n: std::ffi::c_int = 0;
+        // SAFETY: live transaction; the array holds 10 entries; the tags are static strings.
+        unsafe {
+            if sys::TSHttpSsnClientProtocolStackGet(sys::TSHttpTxnSsnGet(self.0), 10, tags.as_mut_ptr(), &mut n)
+                != sys::TS_SUCCESS
+            {
+                return Vec::new();
+            }
+            tags[..n.clamp(0, 10) as usize]
+                .iter()
+                .filter(|p| !p.is_null())
+                .map(|p| std::ffi::CStr::from_ptr(*p).to_string_lossy().into_owned())
+                .collect()
+        }
+    }
+
+    /// The TLS SNI the client sent, if the client connection is TLS and sent one.
+    pub fn tls_sni(self) -> Option<Vec<u8>> {
+        // SAFETY: live transaction; the client vconn lives as long as its session. The SNI
+        // string is copied out immediately.
+        unsafe {
+            let vc = sys::TSHttpSsnClientVConnGet(sys::TSHttpTxnSsnGet(self.0));
+            if vc.is_null() || sys::TSVConnIsSsl(vc) == 0 {
+                return None;
+            }
+            let mut len: std::ffi::c_int = 0;
+            let p = sys::TSVConnSslSniGet(vc, &mut len);
+            if p.is_null() || len <= 0 {
+                return None;
+            }
+            Some(std::slice::from_raw_parts(p as *const u8, len as usize).to_vec())
+        }
+    }
+
     pub(crate) fn raw(self) -> sys::TSHttpTxn {
         self.0
     }
