@@ -87,3 +87,65 @@ fn failure_policy_key_and_per_filter_deadline_override_the_arguments() {
     assert!(took < std::time::Duration::from_millis(600), "stopped within 2x the 300 ms deadline, took {took:?}");
     assert!(ats.get("/after").header("x-oob-trap").is_some(), "later transactions run the filter again");
 }
+
+/// `n` requests over `conns` keep-alive connections; returns the responses that lack
+/// `header: value`.
+fn load(ats: &Ats, conns: usize, per_conn: usize, header: &'static str, value: &'static str) -> Vec<String> {
+    let port = ats.port();
+    let workers: Vec<_> = (0..conns)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut client = harness::Client::connect(port).expect("connect");
+                let mut bad = Vec::new();
+                for i in 0..per_conn {
+                    let r = client.get(&format!("/load/{c}/{i}"), &[]).expect("request");
+                    if r.status != 200 || r.header(header) != Some(value) {
+                        bad.push(format!("{c}/{i}: {} {:?}", r.status, r.headers));
+                    }
+                }
+                bad
+            })
+        })
+        .collect();
+    workers.into_iter().flat_map(|w| w.join().expect("worker")).collect()
+}
+
+#[test]
+fn transaction_isolation_serves_concurrent_load_and_survives_traps() {
+    let ats = Ats::builder()
+        .net_threads(2)
+        .config_file(
+            "f.yaml",
+            add_headers_yaml(
+                "f",
+                r#"{"request_headers": {"x-req": "1"}, "response_headers": {"x-resp": "2"}}"#,
+                &example_wasm("add-headers"),
+            ),
+        )
+        .config_file(
+            "trap.yaml",
+            format!(
+                "config:\n  name: \"trap\"\n  vm_config:\n    code:\n      local:\n        filename: {}\n",
+                example_wasm("oob-trap").display()
+            ),
+        )
+        .plugin(&["--isolation=transaction", "--pool-size=2", "f.yaml", "trap.yaml"])
+        .start();
+    let bad = load(&ats, 20, 50, "x-resp", "2");
+    assert!(bad.is_empty(), "{} bad responses, e.g. {:?}", bad.len(), &bad[..bad.len().min(3)]);
+    let seen = ats.origin().seen();
+    let loads: Vec<_> = seen.iter().filter(|s| s.path.starts_with("/load/")).collect();
+    assert_eq!(loads.len(), 1000);
+    assert!(loads.iter().all(|s| s.header("x-req") == Some("1")), "every request carries the filter's header");
+
+    // A trap in one transaction's VM: that transaction goes on without the trapping filter
+    // (fail_open); the next ones get fresh VMs.
+    let r = ats.request("GET", "/trap", &[("x-trap", "oob")], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-oob-trap"), None);
+    assert_eq!(r.header("x-resp"), Some("2"), "the other filter still ran");
+    for _ in 0..4 {
+        assert_eq!(ats.get("/after").header("x-oob-trap"), Some("alive"));
+    }
+    assert!(ats.is_running());
+}

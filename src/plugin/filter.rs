@@ -3,8 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ats_wasm_pool::{VmPool, VmTemplate};
-use wasmtime::{Engine, Module};
+use ats_wasm_pool::{Isolation as PoolIsolation, ModuleCompiler, PoolConfig, VmPool, VmTemplate, WasmEngine};
 
 use super::backend::AtsBackend;
 use super::one_line;
@@ -16,23 +15,33 @@ pub(crate) struct Filter {
     pub(crate) name: String,
     pub(crate) fail_open: bool,
     pub(crate) pool: VmPool<HostState<AtsBackend>>,
+    /// Ready VMs per thread, the refill target.
+    pub(crate) pool_size: usize,
 }
 
 impl Filter {
     /// Compiles the filter's module once, links it, and proves it can start by creating one VM
     /// and running its initializer (`proxy_on_vm_start`, `proxy_on_configure`). The error is
     /// one line saying what is wrong with the module.
-    pub(crate) fn load(engine: &Engine, cfg: FilterConfig, args: &PluginArgs, tick: Duration) -> Result<Self, String> {
-        if cfg.isolation.unwrap_or(args.isolation) == Isolation::Transaction {
-            return Err("\"transaction\" isolation is not implemented yet; use \"shared\"".into());
-        }
+    pub(crate) fn load(
+        engine: &WasmEngine,
+        compiler: &ModuleCompiler,
+        cfg: FilterConfig,
+        args: &PluginArgs,
+    ) -> Result<Self, String> {
+        let isolation = match cfg.isolation.unwrap_or(args.isolation) {
+            Isolation::Shared => PoolIsolation::Shared,
+            Isolation::Transaction => PoolIsolation::Transaction,
+        };
         let deadline_ms = cfg.callback_deadline_ms.unwrap_or(args.callback_deadline_ms);
-        let deadline_ticks = (deadline_ms as u128 * 1000 / tick.as_micros().max(1)).max(1) as u64;
+        let deadline_ticks = engine.ticks_for(Duration::from_millis(deadline_ms));
         let pool_size = cfg.pool_size.unwrap_or(args.pool_size);
         let path = &cfg.wasm_path;
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read module {}: {e}", path.display()))?;
-        let module =
-            Module::new(engine, &bytes).map_err(|e| format!("invalid module {}: {}", path.display(), one_line(&e)))?;
+        let module = compiler
+            .compile(&bytes)
+            .map_err(|e| format!("invalid module {}: {}", path.display(), one_line(&e)))?
+            .module;
         validate_module(&module).map_err(|e| format!("invalid module {}: {e}", path.display()))?;
         let linker = linker_for::<AtsBackend>(&module)
             .map_err(|e| format!("cannot link module {}: {}", path.display(), one_line(&e)))?;
@@ -55,6 +64,7 @@ impl Filter {
             VmTemplate::new(pre, move || HostState::new(AtsBackend, info.clone()), guest::initialize, init_ticks);
         // Prove the module starts before taking traffic.
         template.instantiate().map_err(|e| format!("module {} failed to start: {}", path.display(), one_line(&e)))?;
-        Ok(Filter { name: cfg.name, fail_open: cfg.fail_open, pool: VmPool::new(template, pool_size) })
+        let pool = VmPool::with_config(template, PoolConfig::new(isolation, pool_size));
+        Ok(Filter { name: cfg.name, fail_open: cfg.fail_open, pool, pool_size })
     }
 }

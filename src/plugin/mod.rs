@@ -1,28 +1,30 @@
 //! The ATS plugin: `TSPluginInit` → configuration → filters, and transaction hooks →
 //! Proxy-Wasm callbacks.
 //!
-//! Each configured filter has one compiled module and a [`VmPool`] with VMs per net thread.
-//! At `READ_REQUEST_HDR` every filter, in `plugin.config` order, gets a stream context in one of
-//! its current thread's VMs and runs `proxy_on_request_headers`; at `SEND_RESPONSE_HDR` the
-//! filters run `proxy_on_response_headers` in reverse order (as Envoy does); at `TXN_CLOSE`
-//! each context ends with `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`.
+//! Each configured filter has one compiled module and a [`VmPool`](ats_wasm_pool::VmPool)
+//! with VMs per net thread. At `READ_REQUEST_HDR` every filter, in `plugin.config` order,
+//! leases a VM from its current thread's pool (`shared`: one of the thread's long-lived VMs;
+//! `transaction`: a fresh VM of its own), gets a stream context in it and runs
+//! `proxy_on_request_headers`; at `SEND_RESPONSE_HDR` the filters run
+//! `proxy_on_response_headers` in reverse order (as Envoy does); at `TXN_CLOSE` each context
+//! ends with `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`, the leases go back and the
+//! thread's pools refill (after the response, so off the request path).
 
 pub mod backend;
-pub mod properties;
 mod filter;
+pub mod properties;
 
 use std::sync::OnceLock;
 
-use ats_wasm_pool::{EngineOptions, EpochTicker, VmRef, new_engine};
+use ats_wasm_pool::{EngineOptions, LeasedVm, ModuleCompiler, PoolError, WasmEngine};
 
-use crate::abi::Action;
-use crate::abi::guest;
+use crate::abi::{Action, HostState, guest};
 use crate::config;
 use crate::ts::headers::HeaderMap;
 use crate::ts::hooks::{HttpHook, TxnCont, TxnHandler};
 use crate::ts::log;
 use crate::ts::txn::{Resume, Txn, TxnSlot};
-use backend::{Phase, TxnStream};
+use backend::{AtsBackend, Phase, TxnStream};
 use filter::Filter;
 
 /// Everything the hooks need, set once by [`init`].
@@ -30,15 +32,16 @@ struct Plugin {
     filters: Vec<Filter>,
     slot: TxnSlot<TxnState>,
     cont: TxnCont,
-    _ticker: EpochTicker,
+    /// Dropped last: its ticker drives every VM's deadline.
+    _engine: WasmEngine,
 }
 
 static PLUGIN: OnceLock<Plugin> = OnceLock::new();
 
-/// One filter's context in one transaction.
+/// One filter's context in one transaction, in the VM it leased.
 struct FilterCtx {
     filter: usize,
-    vm: VmRef,
+    lease: LeasedVm<HostState<AtsBackend>>,
     ctx: u32,
 }
 
@@ -46,6 +49,10 @@ struct FilterCtx {
 struct TxnState {
     contexts: Vec<FilterCtx>,
 }
+
+/// VMs (pool slots) the engine can hold at once: net threads × filters × (ready VMs + VMs
+/// leased by concurrent transactions in `transaction` isolation).
+const MAX_INSTANCES: u32 = 1000;
 
 /// Collapses a (possibly multi-line) error into one diags.log line.
 pub(crate) fn one_line(e: &dyn std::fmt::Display) -> String {
@@ -69,8 +76,12 @@ pub fn init(args: &[String]) {
         }
     };
 
-    let opts = EngineOptions { max_memory_bytes: args.max_memory_bytes, ..EngineOptions::default() };
-    let engine = match new_engine(&opts) {
+    let opts = EngineOptions {
+        max_memory_bytes: args.max_memory_bytes,
+        max_instances: MAX_INSTANCES,
+        ..EngineOptions::default()
+    };
+    let engine = match WasmEngine::new(&opts) {
         Ok(e) => e,
         Err(e) => {
             log::error(
@@ -79,13 +90,8 @@ pub fn init(args: &[String]) {
             return;
         }
     };
-    let ticker = match EpochTicker::start(&engine, opts.epoch_tick) {
-        Ok(t) => t,
-        Err(e) => {
-            log::error(format!("ats_wasm: cannot start the epoch thread: {e}; the plugin is disabled").as_bytes());
-            return;
-        }
-    };
+    // Compiles each distinct module once per process.
+    let compiler = ModuleCompiler::new(engine.engine(), None);
 
     let mut filters = Vec::new();
     for path in &args.yaml_files {
@@ -102,7 +108,7 @@ pub fn init(args: &[String]) {
                     .as_bytes(),
             );
         }
-        match Filter::load(&engine, cfg, &args, opts.epoch_tick) {
+        match Filter::load(&engine, &compiler, cfg, &args) {
             Ok(f) => {
                 log::note(format!("ats_wasm: filter \"{}\" loaded from {}", f.name, path.display()).as_bytes());
                 filters.push(f);
@@ -119,7 +125,7 @@ pub fn init(args: &[String]) {
         return;
     };
     let cont = TxnCont::new::<Hooks>();
-    if PLUGIN.set(Plugin { filters, slot, cont, _ticker: ticker }).is_err() {
+    if PLUGIN.set(Plugin { filters, slot, cont, _engine: engine }).is_err() {
         log::error(b"ats_wasm: the plugin was initialized twice; the second configuration is ignored");
         return;
     }
@@ -155,13 +161,9 @@ fn no_body(h: &HeaderMap) -> bool {
 }
 
 impl Plugin {
-    /// Runs a filter's callback outcome through its failure policy. A trap (or deadline, or
-    /// memory cap) poisons the VM; fail-open drops the filter for this transaction, fail-closed
-    /// fails the transaction.
-    fn failed(&self, f: &Filter, vm: Option<VmRef>, what: &str, err: &dyn std::fmt::Display) -> Resume {
-        if let Some(vm) = vm {
-            f.pool.poison(vm);
-        }
+    /// Applies a filter's failure policy after `what` failed: fail-open drops the filter for
+    /// this transaction, fail-closed fails the transaction. One diags.log line says why.
+    fn failed(&self, f: &Filter, what: &str, err: &dyn std::fmt::Display) -> Resume {
         let policy = if f.fail_open {
             "fail_open: the transaction continues without it"
         } else {
@@ -169,6 +171,32 @@ impl Plugin {
         };
         log::error(format!("ats_wasm: filter \"{}\": {what} failed: {}; {policy}", f.name, one_line(err)).as_bytes());
         if f.fail_open { Resume::Continue } else { Resume::Error }
+    }
+
+    /// A guest callback failed (trap, deadline, memory cap): the VM is poisoned — never used
+    /// again, replaced on refill — and the lease goes back.
+    fn guest_failed(
+        &self,
+        f: &Filter,
+        mut lease: LeasedVm<HostState<AtsBackend>>,
+        what: &str,
+        err: &wasmtime::Error,
+    ) -> Resume {
+        f.pool.poison_leased(&mut lease);
+        f.pool.release(lease);
+        self.failed(f, what, err)
+    }
+
+    /// The pool could not give or reach a VM.
+    fn pool_failed(&self, f: &Filter, what: &str, err: &PoolError) -> Resume {
+        match err {
+            // Reported once when creation first failed; the back-off itself is not news.
+            PoolError::BackingOff => {
+                log::debug(format!("[{}] {what}: {err}", f.name).as_bytes());
+                if f.fail_open { Resume::Continue } else { Resume::Error }
+            }
+            _ => self.failed(f, what, err),
+        }
     }
 
     /// Fail-closed in the request phase: the client gets a 503 local response and the origin is
@@ -188,14 +216,24 @@ impl Plugin {
         let mut state = Box::new(TxnState { contexts: Vec::with_capacity(self.filters.len()) });
         let mut resume = Resume::Continue;
         for (i, f) in self.filters.iter().enumerate() {
-            let r = f.pool.with_any(|vm_ref, vm| {
-                let res = guest::create_stream_context(vm, stream)
-                    .and_then(|ctx| Ok((ctx, guest::on_request_headers(vm, ctx, num_headers, eos)?)));
-                (vm_ref, res)
+            let mut lease = match f.pool.lease() {
+                Ok(l) => l,
+                Err(e) => {
+                    resume = self.pool_failed(f, "getting a VM", &e);
+                    if resume == Resume::Error {
+                        resume = Self::fail_closed_local(txn, &f.name);
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let r = f.pool.with_leased(&mut lease, |vm| {
+                let ctx = guest::create_stream_context(vm, stream)?;
+                Ok::<_, wasmtime::Error>((ctx, guest::on_request_headers(vm, ctx, num_headers, eos)?))
             });
             match r {
-                Ok((vm, Ok((ctx, action)))) => {
-                    state.contexts.push(FilterCtx { filter: i, vm, ctx });
+                Ok(Ok((ctx, action))) => {
+                    state.contexts.push(FilterCtx { filter: i, lease, ctx });
                     if action == Action::Pause {
                         log::debug(
                             format!(
@@ -206,15 +244,20 @@ impl Plugin {
                         );
                     }
                 }
-                Ok((vm, Err(e))) => resume = self.failed(f, Some(vm), "proxy_on_request_headers", &e),
-                Err(e) => resume = self.failed(f, None, "getting a VM", &e),
+                Ok(Err(e)) => resume = self.guest_failed(f, lease, "proxy_on_request_headers", &e),
+                Err(e) => {
+                    f.pool.release(lease);
+                    resume = self.pool_failed(f, "reaching its VM", &e);
+                }
             }
             if resume == Resume::Error {
                 resume = Self::fail_closed_local(txn, &f.name);
                 break;
             }
         }
-        if !state.contexts.is_empty() {
+        if state.contexts.is_empty() {
+            self.refill();
+        } else {
             self.slot.put(txn, state);
             self.cont.add_to_txn(txn, HttpHook::SendResponseHdr);
             self.cont.add_to_txn(txn, HttpHook::TxnClose);
@@ -236,11 +279,12 @@ impl Plugin {
         let mut i = state.contexts.len();
         while i > 0 && resume == Resume::Continue {
             i -= 1;
-            let fc = &state.contexts[i];
+            let fc = &mut state.contexts[i];
             let f = &self.filters[fc.filter];
-            let r = f.pool.with_vm(fc.vm, |vm| {
-                guest::attach_stream(vm, fc.ctx, stream);
-                guest::on_response_headers(vm, fc.ctx, num_headers, eos)
+            let ctx = fc.ctx;
+            let r = f.pool.with_leased(&mut fc.lease, |vm| {
+                guest::attach_stream(vm, ctx, stream);
+                guest::on_response_headers(vm, ctx, num_headers, eos)
             });
             match r {
                 Ok(Ok(action)) => {
@@ -255,12 +299,14 @@ impl Plugin {
                     }
                 }
                 Ok(Err(e)) => {
-                    resume = self.failed(f, Some(fc.vm), "proxy_on_response_headers", &e);
-                    state.contexts.remove(i);
+                    let fc = state.contexts.remove(i);
+                    resume = self.guest_failed(f, fc.lease, "proxy_on_response_headers", &e);
                 }
                 Err(e) => {
-                    log::debug(format!("[{}] context lost before the response: {e}", f.name).as_bytes());
-                    state.contexts.remove(i);
+                    // E.g. the shared VM was poisoned by another transaction meanwhile.
+                    let fc = state.contexts.remove(i);
+                    f.pool.release(fc.lease);
+                    resume = self.pool_failed(f, "reaching its VM for the response", &e);
                 }
             }
         }
@@ -273,18 +319,37 @@ impl Plugin {
             return;
         };
         let stream = TxnStream { txn, phase: Phase::Close };
-        for fc in &state.contexts {
+        for mut fc in state.contexts {
             let f = &self.filters[fc.filter];
-            let r = f.pool.with_vm(fc.vm, |vm| {
-                guest::attach_stream(vm, fc.ctx, stream);
-                guest::finish_stream_context(vm, fc.ctx)
+            let ctx = fc.ctx;
+            let r = f.pool.with_leased(&mut fc.lease, |vm| {
+                guest::attach_stream(vm, ctx, stream);
+                guest::finish_stream_context(vm, ctx)
             });
             match r {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => f.pool.release(fc.lease),
                 Ok(Err(e)) => {
-                    self.failed(f, Some(fc.vm), "ending the stream context", &e);
+                    self.guest_failed(f, fc.lease, "ending the stream context", &e);
                 }
-                Err(e) => log::debug(format!("[{}] context lost before close: {e}", f.name).as_bytes()),
+                Err(e) => {
+                    f.pool.release(fc.lease);
+                    log::debug(format!("[{}] context lost before close: {e}", f.name).as_bytes());
+                }
+            }
+        }
+        self.refill();
+    }
+
+    /// Tops this thread's pools back up to their size (fresh VMs for `transaction` isolation,
+    /// replacements for poisoned `shared` VMs). Runs after a transaction's response, so the
+    /// cost is off every request path.
+    fn refill(&self) {
+        for f in &self.filters {
+            let r = f.pool.refill(f.pool_size);
+            if let Some(e @ PoolError::Init(_)) = &r.error {
+                log::error(
+                    format!("ats_wasm: filter \"{}\": creating a VM failed: {}", f.name, one_line(e)).as_bytes(),
+                );
             }
         }
     }
