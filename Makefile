@@ -5,10 +5,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PLUGIN := target/release/libats_wasm.so
 
 # Debian packages: ATS and its headers, libclang for bindgen, the Rust toolchain with the
-# WebAssembly backend and std source for guest modules (see examples/README.md), and what the
-# demo and tests use (curl, python3 for the demo origin).
-APT_PACKAGES := trafficserver trafficserver-dev libclang-dev clang rustc-web cargo-web \
-	rust-web-src rust-web-llvm lld-22 wasi-libc curl python3 make
+# WebAssembly backend and std source for guest modules, clang-22 with the wasm32 runtime for
+# the C example (see examples/README.md), and what the demo and tests use (curl, python3).
+APT_PACKAGES := trafficserver trafficserver-dev libclang-dev rustc-web cargo-web \
+	rust-web-src rust-web-llvm lld-22 wasi-libc clang-22 libclang-rt-22-dev-wasm32 \
+	libc++-22-dev-wasm32 curl python3 make
 
 .PHONY: all deps build plugin examples test unit-test integration-test lint demo clean
 
@@ -19,6 +20,11 @@ deps:
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
 		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@# AssemblyScript examples need node and npm; a machine may have them from elsewhere (a
+	@# NodeSource nodejs bundles npm and conflicts with Debian's npm package).
+	@if ! command -v npm >/dev/null; then \
+		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends nodejs npm; \
 	fi
 
 build: plugin examples

@@ -1,5 +1,6 @@
-//! Calling into the guest: ABI version detection, export lookup, VM initialization and the
-//! stream callbacks, each with the right context id and an epoch deadline.
+//! Calling into the guest: ABI version detection, export lookup, VM initialization and every
+//! callback, each with the right context id, the right effective context and a fresh epoch
+//! deadline. After each callback, contexts that called `proxy_done` are finished.
 
 use wasmtime::{Instance, Module, Store, TypedFunc, WasmParams, WasmResults};
 
@@ -7,8 +8,8 @@ use ats_wasm_pool::Vm;
 
 use super::backend::Backend;
 use super::hostcalls::register_context;
-use super::state::{ContextKind, HostState};
-use super::types::Action;
+use super::state::{ContextKind, HostState, HttpCallResponse};
+use super::types::{Action, PeerType};
 
 /// A VM running a Proxy-Wasm module over backend `B`.
 pub type ProxyVm<B> = Vm<HostState<B>>;
@@ -16,9 +17,11 @@ pub type ProxyVm<B> = Vm<HostState<B>>;
 /// The Proxy-Wasm ABI versions a module can declare by exporting `proxy_abi_version_X_Y_Z`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AbiVersion {
-    /// 0.1.0: header callbacks have no `end_of_stream` argument.
+    /// 0.1.0: the header callbacks have no `end_of_stream` argument; the guest reads its
+    /// configuration with `proxy_get_configuration` and resumes with `proxy_continue_request`
+    /// / `proxy_continue_response` (all provided).
     V0_1_0,
-    /// 0.2.0.
+    /// 0.2.0 (AssemblyScript's proxy-runtime): the same callbacks and functions as 0.2.1.
     V0_2_0,
     /// 0.2.1.
     V0_2_1,
@@ -54,17 +57,38 @@ enum HeadersFn {
     V2(TypedFunc<(i32, i32, i32), i32>),
 }
 
+type F1 = TypedFunc<i32, ()>;
+type F1R = TypedFunc<i32, i32>;
+type F2 = TypedFunc<(i32, i32), ()>;
+type F2R = TypedFunc<(i32, i32), i32>;
+type F3 = TypedFunc<(i32, i32, i32), ()>;
+type F3R = TypedFunc<(i32, i32, i32), i32>;
+type F5 = TypedFunc<(i32, i32, i32, i32, i32), ()>;
+
 /// The guest's callbacks, looked up once per VM. Absent callbacks are `None` (all are optional).
 #[derive(Clone, Default)]
 pub(crate) struct GuestExports {
-    on_context_create: Option<TypedFunc<(i32, i32), ()>>,
-    on_vm_start: Option<TypedFunc<(i32, i32), i32>>,
-    on_configure: Option<TypedFunc<(i32, i32), i32>>,
+    on_context_create: Option<F2>,
+    on_vm_start: Option<F2R>,
+    on_configure: Option<F2R>,
+    on_tick: Option<F1>,
+    on_queue_ready: Option<F2>,
     on_request_headers: Option<HeadersFn>,
+    on_request_body: Option<F3R>,
+    on_request_trailers: Option<F2R>,
     on_response_headers: Option<HeadersFn>,
-    on_done: Option<TypedFunc<i32, i32>>,
-    on_log: Option<TypedFunc<i32, ()>>,
-    on_delete: Option<TypedFunc<i32, ()>>,
+    on_response_body: Option<F3R>,
+    on_response_trailers: Option<F2R>,
+    on_http_call_response: Option<F5>,
+    on_foreign_function: Option<F3>,
+    on_new_connection: Option<F1R>,
+    on_downstream_data: Option<F3R>,
+    on_upstream_data: Option<F3R>,
+    on_downstream_connection_close: Option<F2>,
+    on_upstream_connection_close: Option<F2>,
+    on_done: Option<F1R>,
+    on_log: Option<F1>,
+    on_delete: Option<F1>,
 }
 
 fn typed<T, P: WasmParams, R: WasmResults>(
@@ -94,6 +118,32 @@ fn headers_fn<T>(
     })
 }
 
+fn lookup_exports<T>(store: &mut Store<T>, i: &Instance, v: AbiVersion) -> wasmtime::Result<GuestExports> {
+    Ok(GuestExports {
+        on_context_create: typed(store, i, "proxy_on_context_create")?,
+        on_vm_start: typed(store, i, "proxy_on_vm_start")?,
+        on_configure: typed(store, i, "proxy_on_configure")?,
+        on_tick: typed(store, i, "proxy_on_tick")?,
+        on_queue_ready: typed(store, i, "proxy_on_queue_ready")?,
+        on_request_headers: headers_fn(store, i, "proxy_on_request_headers", v)?,
+        on_request_body: typed(store, i, "proxy_on_request_body")?,
+        on_request_trailers: typed(store, i, "proxy_on_request_trailers")?,
+        on_response_headers: headers_fn(store, i, "proxy_on_response_headers", v)?,
+        on_response_body: typed(store, i, "proxy_on_response_body")?,
+        on_response_trailers: typed(store, i, "proxy_on_response_trailers")?,
+        on_http_call_response: typed(store, i, "proxy_on_http_call_response")?,
+        on_foreign_function: typed(store, i, "proxy_on_foreign_function")?,
+        on_new_connection: typed(store, i, "proxy_on_new_connection")?,
+        on_downstream_data: typed(store, i, "proxy_on_downstream_data")?,
+        on_upstream_data: typed(store, i, "proxy_on_upstream_data")?,
+        on_downstream_connection_close: typed(store, i, "proxy_on_downstream_connection_close")?,
+        on_upstream_connection_close: typed(store, i, "proxy_on_upstream_connection_close")?,
+        on_done: typed(store, i, "proxy_on_done")?,
+        on_log: typed(store, i, "proxy_on_log")?,
+        on_delete: typed(store, i, "proxy_on_delete")?,
+    })
+}
+
 /// Makes a freshly instantiated VM ready: finds its memory, allocator and callbacks, runs
 /// `_initialize` (then `main`) or `_start`, creates the root context and runs
 /// `proxy_on_vm_start` and `proxy_on_configure`. Fails if either answers `false`, or on a trap.
@@ -105,18 +155,10 @@ pub fn initialize<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<()> {
         Some(f) => Some(f),
         None => typed(store, &instance, "malloc")?,
     };
-    let exports = GuestExports {
-        on_context_create: typed(store, &instance, "proxy_on_context_create")?,
-        on_vm_start: typed(store, &instance, "proxy_on_vm_start")?,
-        on_configure: typed(store, &instance, "proxy_on_configure")?,
-        on_request_headers: headers_fn(store, &instance, "proxy_on_request_headers", version)?,
-        on_response_headers: headers_fn(store, &instance, "proxy_on_response_headers", version)?,
-        on_done: typed(store, &instance, "proxy_on_done")?,
-        on_log: typed(store, &instance, "proxy_on_log")?,
-        on_delete: typed(store, &instance, "proxy_on_delete")?,
-    };
+    let exports = lookup_exports(store, &instance, version)?;
     {
         let st = store.data_mut();
+        st.abi = Some(version);
         st.memory = Some(memory);
         st.allocator = allocator;
         st.exports = exports.clone();
@@ -144,22 +186,33 @@ pub fn initialize<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<()> {
     let plugin = store.data().plugin.clone();
     if let Some(f) = exports.on_vm_start {
         store.data_mut().effective_context = root;
-        if f.call(&mut *store, (root as i32, plugin.vm_configuration.len() as i32))? == 0 {
+        store.data_mut().in_vm_start = true;
+        let r = f.call(&mut *store, (root as i32, len_arg(plugin.vm_configuration.len())));
+        store.data_mut().in_vm_start = false;
+        if r? == 0 {
             wasmtime::bail!("proxy_on_vm_start returned false");
         }
     }
     if let Some(f) = exports.on_configure {
         store.data_mut().effective_context = root;
-        if f.call(&mut *store, (root as i32, plugin.plugin_configuration.len() as i32))? == 0 {
+        if f.call(&mut *store, (root as i32, len_arg(plugin.plugin_configuration.len())))? == 0 {
             wasmtime::bail!("proxy_on_configure returned false");
         }
     }
     Ok(())
 }
 
+/// A size as a guest `size_t` argument (saturating: the guest is 32-bit).
+fn len_arg(n: usize) -> i32 {
+    u32::try_from(n).unwrap_or(u32::MAX) as i32
+}
+
 fn next_context_id<B: Backend>(st: &mut HostState<B>) -> u32 {
-    let id = st.next_context_id;
-    st.next_context_id = st.next_context_id.wrapping_add(1).max(1);
+    let mut id = st.next_context_id;
+    while id == 0 || st.contexts.contains_key(&id) {
+        id = id.wrapping_add(1);
+    }
+    st.next_context_id = id.wrapping_add(1);
     id
 }
 
@@ -171,16 +224,39 @@ fn enter<B: Backend>(store: &mut Store<HostState<B>>, ctx: u32) {
     store.data_mut().effective_context = ctx;
 }
 
-/// Creates a stream context attached to `stream` (`proxy_on_context_create(id, root_id)`).
-pub fn create_stream_context<B: Backend>(vm: &mut ProxyVm<B>, stream: B::Stream) -> wasmtime::Result<u32> {
+/// Runs callback `call` in context `ctx` (when the guest exports it), then finishes the
+/// contexts that called `proxy_done`.
+fn run<B: Backend, R>(
+    vm: &mut ProxyVm<B>,
+    ctx: u32,
+    get: impl FnOnce(&GuestExports) -> Option<R>,
+    call: impl FnOnce(&mut Store<HostState<B>>, R) -> wasmtime::Result<i32>,
+) -> wasmtime::Result<Option<i32>> {
+    let Some(f) = get(&vm.store.data().exports) else { return Ok(None) };
     let store = &mut vm.store;
-    let id = next_context_id(store.data_mut());
-    let root = store.data().root_context_id;
-    register_context(store.data_mut(), id, ContextKind::Stream(Some(stream)));
-    if let Some(f) = store.data().exports.on_context_create.clone() {
-        enter(store, id);
-        f.call(&mut *store, (id as i32, root as i32))?;
-    }
+    enter(store, ctx);
+    let r = call(store, f)?;
+    finish_pending(store)?;
+    Ok(Some(r))
+}
+
+/// Like [`run`] for callbacks answering a `proxy_action_t` (absent: `Continue`).
+fn run_action<B: Backend, R>(
+    vm: &mut ProxyVm<B>,
+    ctx: u32,
+    get: impl FnOnce(&GuestExports) -> Option<R>,
+    call: impl FnOnce(&mut Store<HostState<B>>, R) -> wasmtime::Result<i32>,
+) -> wasmtime::Result<Action> {
+    Ok(run(vm, ctx, get, call)?.map(Action::from_raw).unwrap_or(Action::Continue))
+}
+
+/// Creates a stream context attached to `stream` (`proxy_on_context_create(id, root_id)`).
+/// For L4 connections too (then call [`on_new_connection`]).
+pub fn create_stream_context<B: Backend>(vm: &mut ProxyVm<B>, stream: B::Stream) -> wasmtime::Result<u32> {
+    let id = next_context_id(vm.store.data_mut());
+    let root = vm.store.data().root_context_id;
+    register_context(vm.store.data_mut(), id, ContextKind::Stream(Some(stream)));
+    run(vm, id, |e| e.on_context_create.clone(), |s, f| f.call(s, (id as i32, root as i32)).map(|()| 0))?;
     Ok(id)
 }
 
@@ -194,48 +270,202 @@ pub fn attach_stream<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, stream: B::Strea
 fn call_headers<B: Backend>(
     vm: &mut ProxyVm<B>,
     ctx: u32,
-    f: Option<HeadersFn>,
+    response: bool,
     num_headers: usize,
     end_of_stream: bool,
 ) -> wasmtime::Result<Action> {
-    let Some(f) = f else { return Ok(Action::Continue) };
-    let store = &mut vm.store;
-    enter(store, ctx);
-    let n = num_headers.min(i32::MAX as usize) as i32;
-    let r = match f {
-        HeadersFn::V1(f) => f.call(&mut *store, (ctx as i32, n))?,
-        HeadersFn::V2(f) => f.call(&mut *store, (ctx as i32, n, end_of_stream as i32))?,
-    };
-    finish_pending(store)?;
-    Ok(Action::from_raw(r))
+    let n = len_arg(num_headers);
+    let get = |e: &GuestExports| if response { e.on_response_headers.clone() } else { e.on_request_headers.clone() };
+    run_action(vm, ctx, get, |s, f| match f {
+        HeadersFn::V1(f) => f.call(s, (ctx as i32, n)),
+        HeadersFn::V2(f) => f.call(s, (ctx as i32, n, end_of_stream as i32)),
+    })
 }
 
-/// `proxy_on_request_headers(ctx, num_headers, end_of_stream)`.
+/// `proxy_on_request_headers(ctx, num_headers, end_of_stream)` (0.1.0: without `end_of_stream`).
 pub fn on_request_headers<B: Backend>(
     vm: &mut ProxyVm<B>,
     ctx: u32,
     num_headers: usize,
     end_of_stream: bool,
 ) -> wasmtime::Result<Action> {
-    let f = vm.store.data().exports.on_request_headers.clone();
-    call_headers(vm, ctx, f, num_headers, end_of_stream)
+    call_headers(vm, ctx, false, num_headers, end_of_stream)
 }
 
-/// `proxy_on_response_headers(ctx, num_headers, end_of_stream)`.
+/// `proxy_on_response_headers(ctx, num_headers, end_of_stream)` (0.1.0: without `end_of_stream`).
 pub fn on_response_headers<B: Backend>(
     vm: &mut ProxyVm<B>,
     ctx: u32,
     num_headers: usize,
     end_of_stream: bool,
 ) -> wasmtime::Result<Action> {
-    let f = vm.store.data().exports.on_response_headers.clone();
-    call_headers(vm, ctx, f, num_headers, end_of_stream)
+    call_headers(vm, ctx, true, num_headers, end_of_stream)
+}
+
+/// `proxy_on_request_body(ctx, body_size, end_of_stream)`: `body_size` is everything buffered
+/// so far, not the last chunk.
+pub fn on_request_body<B: Backend>(
+    vm: &mut ProxyVm<B>,
+    ctx: u32,
+    body_size: usize,
+    eos: bool,
+) -> wasmtime::Result<Action> {
+    let n = len_arg(body_size);
+    run_action(vm, ctx, |e| e.on_request_body.clone(), |s, f| f.call(s, (ctx as i32, n, eos as i32)))
+}
+
+/// `proxy_on_response_body(ctx, body_size, end_of_stream)`.
+pub fn on_response_body<B: Backend>(
+    vm: &mut ProxyVm<B>,
+    ctx: u32,
+    body_size: usize,
+    eos: bool,
+) -> wasmtime::Result<Action> {
+    let n = len_arg(body_size);
+    run_action(vm, ctx, |e| e.on_response_body.clone(), |s, f| f.call(s, (ctx as i32, n, eos as i32)))
+}
+
+/// `proxy_on_request_trailers(ctx, num_trailers)`.
+pub fn on_request_trailers<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, num_trailers: usize) -> wasmtime::Result<Action> {
+    let n = len_arg(num_trailers);
+    run_action(vm, ctx, |e| e.on_request_trailers.clone(), |s, f| f.call(s, (ctx as i32, n)))
+}
+
+/// `proxy_on_response_trailers(ctx, num_trailers)`.
+pub fn on_response_trailers<B: Backend>(
+    vm: &mut ProxyVm<B>,
+    ctx: u32,
+    num_trailers: usize,
+) -> wasmtime::Result<Action> {
+    let n = len_arg(num_trailers);
+    run_action(vm, ctx, |e| e.on_response_trailers.clone(), |s, f| f.call(s, (ctx as i32, n)))
+}
+
+/// `proxy_on_new_connection(ctx)` for an L4 stream context.
+pub fn on_new_connection<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32) -> wasmtime::Result<Action> {
+    run_action(vm, ctx, |e| e.on_new_connection.clone(), |s, f| f.call(s, ctx as i32))
+}
+
+/// `proxy_on_downstream_data(ctx, data_size, end_of_stream)`.
+pub fn on_downstream_data<B: Backend>(
+    vm: &mut ProxyVm<B>,
+    ctx: u32,
+    size: usize,
+    eos: bool,
+) -> wasmtime::Result<Action> {
+    let n = len_arg(size);
+    run_action(vm, ctx, |e| e.on_downstream_data.clone(), |s, f| f.call(s, (ctx as i32, n, eos as i32)))
+}
+
+/// `proxy_on_upstream_data(ctx, data_size, end_of_stream)`.
+pub fn on_upstream_data<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, size: usize, eos: bool) -> wasmtime::Result<Action> {
+    let n = len_arg(size);
+    run_action(vm, ctx, |e| e.on_upstream_data.clone(), |s, f| f.call(s, (ctx as i32, n, eos as i32)))
+}
+
+/// `proxy_on_downstream_connection_close(ctx, peer_type)`.
+pub fn on_downstream_connection_close<B: Backend>(
+    vm: &mut ProxyVm<B>,
+    ctx: u32,
+    peer: PeerType,
+) -> wasmtime::Result<()> {
+    run(
+        vm,
+        ctx,
+        |e| e.on_downstream_connection_close.clone(),
+        |s, f| f.call(s, (ctx as i32, peer as i32)).map(|()| 0),
+    )?;
+    Ok(())
+}
+
+/// `proxy_on_upstream_connection_close(ctx, peer_type)`.
+pub fn on_upstream_connection_close<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, peer: PeerType) -> wasmtime::Result<()> {
+    run(vm, ctx, |e| e.on_upstream_connection_close.clone(), |s, f| f.call(s, (ctx as i32, peer as i32)).map(|()| 0))?;
+    Ok(())
+}
+
+/// `proxy_on_tick(root_context_id)`: the timer set with `proxy_set_tick_period_milliseconds`.
+pub fn on_tick<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<()> {
+    let root = vm.store.data().root_context_id;
+    run(vm, root, |e| e.on_tick.clone(), |s, f| f.call(s, root as i32).map(|()| 0))?;
+    Ok(())
+}
+
+/// `proxy_on_queue_ready(context_id, queue_id)`, as a [`super::backend::QueueTarget`] asks.
+/// Nothing happens when the context is gone.
+pub fn on_queue_ready<B: Backend>(vm: &mut ProxyVm<B>, context_id: u32, queue_id: u32) -> wasmtime::Result<()> {
+    if !vm.store.data().contexts.contains_key(&context_id) {
+        return Ok(());
+    }
+    run(
+        vm,
+        context_id,
+        |e| e.on_queue_ready.clone(),
+        |s, f| f.call(s, (context_id as i32, queue_id as i32)).map(|()| 0),
+    )?;
+    Ok(())
+}
+
+/// Delivers the response of HTTP call `token`: `proxy_on_http_call_response(root_context_id,
+/// token, num_headers, body_size, num_trailers)`, with the context that made the call as the
+/// effective context (the root context when that one is gone). While it runs, the response is
+/// readable as `HTTP_CALL_RESPONSE_HEADERS`/`_TRAILERS`, `HTTP_CALL_RESPONSE_BODY` and through
+/// `proxy_get_status`. Answers `false` (and calls nothing) for an unknown token.
+pub fn on_http_call_response<B: Backend>(
+    vm: &mut ProxyVm<B>,
+    token: u32,
+    response: HttpCallResponse,
+) -> wasmtime::Result<bool> {
+    let st = vm.store.data_mut();
+    let Some(caller) = st.http_calls.remove(&token) else { return Ok(false) };
+    let root = st.root_context_id;
+    let effective = if st.contexts.contains_key(&caller) { caller } else { root };
+    let (nh, nb, nt) =
+        (len_arg(response.headers.len()), len_arg(response.body.len()), len_arg(response.trailers.len()));
+    st.call_response = Some(response);
+    let r = run(
+        vm,
+        effective,
+        |e| e.on_http_call_response.clone(),
+        |s, f| f.call(s, (root as i32, token as i32, nh, nb, nt)).map(|()| 0),
+    );
+    vm.store.data_mut().call_response = None;
+    r?;
+    Ok(true)
+}
+
+/// `proxy_on_foreign_function(root_context_id, function_id, arguments_size)`, with `args`
+/// readable as `FOREIGN_FUNCTION_ARGUMENTS` while it runs.
+pub fn on_foreign_function<B: Backend>(vm: &mut ProxyVm<B>, function_id: u32, args: &[u8]) -> wasmtime::Result<()> {
+    let root = vm.store.data().root_context_id;
+    let n = len_arg(args.len());
+    vm.store.data_mut().foreign_args = Some(args.to_vec());
+    let r = run(
+        vm,
+        root,
+        |e| e.on_foreign_function.clone(),
+        |s, f| f.call(s, (root as i32, function_id as i32, n)).map(|()| 0),
+    );
+    vm.store.data_mut().foreign_args = None;
+    r?;
+    Ok(())
 }
 
 /// Ends stream context `ctx` in the spec's order: `proxy_on_done`; when it answers `true`,
 /// `proxy_on_log` then `proxy_on_delete`. When it answers `false` the context stays (detached
 /// from its stream) until the guest calls `proxy_done`.
 pub fn finish_stream_context<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32) -> wasmtime::Result<()> {
+    finish_context(vm, ctx, true)
+}
+
+/// Ends the root context when the VM is retired: `proxy_on_done`, then (when it answers `true`
+/// or the guest calls `proxy_done`) `proxy_on_log` and `proxy_on_delete`.
+pub fn shutdown<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<()> {
+    let root = vm.store.data().root_context_id;
+    if vm.store.data().contexts.contains_key(&root) { finish_context(vm, root, false) } else { Ok(()) }
+}
+
+fn finish_context<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, detach: bool) -> wasmtime::Result<()> {
     let store = &mut vm.store;
     let done = match store.data().exports.on_done.clone() {
         Some(f) => {
@@ -244,12 +474,14 @@ pub fn finish_stream_context<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32) -> wasmt
         }
         None => true,
     };
+    let st = store.data_mut();
     if done {
+        // A `proxy_done` from inside `proxy_on_done` is moot.
+        st.pending_done.retain(|(c, _)| *c != ctx);
         log_and_delete(store, ctx)?;
-    } else {
-        let st = store.data_mut();
+    } else if !st.pending_done.iter().any(|(c, _)| *c == ctx) {
         st.pending_done.push((ctx, false));
-        if let Some(ContextKind::Stream(s)) = st.contexts.get_mut(&ctx) {
+        if detach && let Some(ContextKind::Stream(s)) = st.contexts.get_mut(&ctx) {
             *s = None;
         }
     }

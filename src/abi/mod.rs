@@ -4,14 +4,22 @@
 //! [`testing::MemoryBackend`] implements it in memory so real SDK-built modules can be driven
 //! in unit tests. One concern per file, after the Rust SDK's layout:
 //! [`types`] (the ABI's enums), [`memory`] (checked guest memory), [`serialization`] (header
-//! maps), [`backend`] (the proxy side), [`state`] (per-VM host state), [`hostcalls`] and
-//! [`wasi`] (functions the guest imports), [`guest`] (callbacks into the guest).
+//! maps), [`buffers`] (buffer ranges and edits), [`properties`] (property paths and value
+//! encodings), [`backend`] (the proxy side), [`state`] (per-VM host state), [`shared`]
+//! (process-wide shared data and queues), [`metrics`] (the process-wide metrics registry),
+//! [`capabilities`] (`allowed_capabilities`), [`hostcalls`] and [`wasi`] (functions the guest
+//! imports), [`guest`] (callbacks into the guest).
 
 pub mod backend;
+pub mod buffers;
+pub mod capabilities;
 pub mod guest;
 pub mod hostcalls;
 pub mod memory;
+pub mod metrics;
+pub mod properties;
 pub mod serialization;
+pub mod shared;
 pub mod state;
 pub mod testing;
 pub mod types;
@@ -20,8 +28,10 @@ pub mod wasi;
 #[cfg(test)]
 mod tests;
 
-pub use backend::Backend;
+pub use backend::{Backend, HttpCallRequest, LocalResponse, QueueTarget};
 pub use guest::{AbiVersion, ProxyVm, validate_module};
 pub use hostcalls::linker_for;
-pub use state::{HostState, PluginInfo};
-pub use types::{Action, BufferType, LogLevel, MapType, Status};
+pub use metrics::{MetricSnapshot, Metrics};
+pub use shared::Shared;
+pub use state::{HostState, HttpCallResponse, PluginInfo};
+pub use types::{Action, BufferType, LogLevel, MapType, MetricType, PeerType, Status, StreamType};

@@ -114,4 +114,36 @@ mod tests {
         bad.extend_from_slice(b"\0\0");
         assert_eq!(decode_pairs(&bad), Err(Status::BadArgument));
     }
+
+    /// A deterministic miniature of the `fuzz/` target that runs in every `cargo test`:
+    /// mutated valid maps and random bytes never panic, and what decodes re-encodes exactly.
+    #[test]
+    fn random_and_mutated_inputs_never_panic() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut valid = Vec::new();
+        encode_pairs([(&b"host"[..], &b"example.com"[..]), (b":path", b"/")].into_iter(), &mut valid);
+        let mut out = Vec::new();
+        for i in 0..50_000 {
+            let mut data = if i % 2 == 0 { valid.clone() } else { vec![0; (next() % 64) as usize] };
+            for _ in 0..(next() % 4) {
+                if data.is_empty() {
+                    break;
+                }
+                let at = (next() as usize) % data.len();
+                data[at] = next() as u8;
+            }
+            if let Ok(pairs) = decode_pairs(&data) {
+                encode_pairs(pairs.iter().copied(), &mut out);
+                if !pairs.is_empty() {
+                    assert_eq!(out, data);
+                }
+            }
+        }
+    }
 }

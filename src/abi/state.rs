@@ -2,11 +2,16 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use wasmtime::{Memory, TypedFunc};
 
 use super::backend::Backend;
-use super::guest::GuestExports;
+use super::capabilities::Capabilities;
+use super::guest::{AbiVersion, GuestExports};
+use super::metrics::Metrics;
+use super::shared::Shared;
 
 /// What a filter was configured with; shared by all of its VMs.
 #[derive(Debug, Default)]
@@ -15,7 +20,7 @@ pub struct PluginInfo {
     pub name: String,
     /// `config.root_id`: the root context's id string (`plugin_root_id`).
     pub root_id: String,
-    /// `vm_config.vm_id` (`plugin_vm_id`).
+    /// `vm_config.vm_id` (`plugin_vm_id`); also the namespace of shared data and queues.
     pub vm_id: String,
     /// The plugin configuration (`PLUGIN_CONFIGURATION` buffer).
     pub plugin_configuration: Vec<u8>,
@@ -25,6 +30,9 @@ pub struct PluginInfo {
     pub environment: Vec<String>,
     /// Epoch ticks one callback may run.
     pub callback_deadline_ticks: u64,
+    /// `capability_restriction_config.allowed_capabilities`: the host functions the filter may
+    /// call; `None` or empty allows all (see [`super::capabilities`]).
+    pub allowed_capabilities: Option<Vec<String>>,
 }
 
 /// A context the host created in this VM.
@@ -36,12 +44,48 @@ pub(crate) enum ContextKind<S> {
     Stream(Option<S>),
 }
 
+/// An HTTP call's response as the proxy received it, delivered with
+/// [`super::guest::on_http_call_response`]. No headers means the call failed (timeout, reset…).
+#[derive(Debug, Default, Clone)]
+pub struct HttpCallResponse {
+    /// Response headers, `:status` included.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Response body.
+    pub body: Vec<u8>,
+    /// Response trailers.
+    pub trailers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Why the call failed (empty on success); `proxy_get_status` returns it as the message.
+    pub message: Vec<u8>,
+}
+
+impl HttpCallResponse {
+    /// The numeric `:status`, or 0 when absent or not a number.
+    pub fn status_code(&self) -> u32 {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == b":status")
+            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// A process-unique id for every VM ever created (never 0, never reused).
+fn next_vm_uid() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// The per-VM state the host functions work on.
 pub struct HostState<B: Backend> {
     /// The proxy side.
     pub backend: B,
     /// The filter's configuration.
     pub plugin: Arc<PluginInfo>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) capabilities: Capabilities,
+    pub(crate) vm_uid: u64,
+    pub(crate) abi: Option<AbiVersion>,
     pub(crate) memory: Option<Memory>,
     pub(crate) allocator: Option<TypedFunc<i32, i32>>,
     pub(crate) exports: GuestExports,
@@ -51,18 +95,46 @@ pub struct HostState<B: Backend> {
     pub(crate) contexts: HashMap<u32, ContextKind<B::Stream>>,
     /// Contexts whose `proxy_on_done` answered `false`, and whether `proxy_done` came since.
     pub(crate) pending_done: Vec<(u32, bool)>,
-    /// Reused buffer for values on their way into the guest.
+    /// Outstanding HTTP calls: token → the context that made the call.
+    pub(crate) http_calls: HashMap<u32, u32>,
+    pub(crate) next_token: u32,
+    /// The response being delivered by `proxy_on_http_call_response`.
+    pub(crate) call_response: Option<HttpCallResponse>,
+    /// The arguments being delivered by `proxy_on_foreign_function`.
+    pub(crate) foreign_args: Option<Vec<u8>>,
+    /// Set while `proxy_on_vm_start` runs (0.1.0's `proxy_get_configuration` answers the VM
+    /// configuration then).
+    pub(crate) in_vm_start: bool,
+    /// Set while the host is inside the guest's allocator: host calls that would allocate
+    /// again answer `INTERNAL_FAILURE` instead of recursing.
+    pub(crate) in_allocator: bool,
+    pub(crate) tick_period: Option<Duration>,
+    /// Reused buffers for values on their way into the guest.
     pub(crate) scratch: Vec<u8>,
+    pub(crate) scratch2: Vec<u8>,
     /// Why the guest asked to stop (`proc_exit`), for the error report.
     pub(crate) exit_code: Option<i32>,
 }
 
 impl<B: Backend> HostState<B> {
-    /// A fresh state for a new VM of the filter `plugin`.
+    /// A fresh state for a new VM of the filter `plugin`, using the process-wide shared data,
+    /// queues and metrics.
     pub fn new(backend: B, plugin: Arc<PluginInfo>) -> Self {
+        Self::with_registries(backend, plugin, Shared::global(), Metrics::global())
+    }
+
+    /// A fresh state using the given shared data/queues and metrics registry (tests use their
+    /// own to stay independent).
+    pub fn with_registries(backend: B, plugin: Arc<PluginInfo>, shared: Arc<Shared>, metrics: Arc<Metrics>) -> Self {
+        let capabilities = Capabilities::new(plugin.allowed_capabilities.as_deref());
         Self {
             backend,
             plugin,
+            shared,
+            metrics,
+            capabilities,
+            vm_uid: next_vm_uid(),
+            abi: None,
             memory: None,
             allocator: None,
             exports: GuestExports::default(),
@@ -71,7 +143,15 @@ impl<B: Backend> HostState<B> {
             effective_context: 0,
             contexts: HashMap::new(),
             pending_done: Vec::new(),
+            http_calls: HashMap::new(),
+            next_token: 1,
+            call_response: None,
+            foreign_args: None,
+            in_vm_start: false,
+            in_allocator: false,
+            tick_period: None,
             scratch: Vec::new(),
+            scratch2: Vec::new(),
             exit_code: None,
         }
     }
@@ -87,5 +167,36 @@ impl<B: Backend> HostState<B> {
     /// The number of contexts alive in this VM (root included).
     pub fn live_contexts(&self) -> usize {
         self.contexts.len()
+    }
+
+    /// This VM's process-unique id (what the `vm_id` foreign function returns, and what
+    /// [`super::backend::QueueTarget::vm`] names).
+    pub fn vm_uid(&self) -> u64 {
+        self.vm_uid
+    }
+
+    /// The root context id (0 before initialization).
+    pub fn root_context_id(&self) -> u32 {
+        self.root_context_id
+    }
+
+    /// The ABI version the module declared (known after initialization).
+    pub fn abi_version(&self) -> Option<AbiVersion> {
+        self.abi
+    }
+
+    /// The tick period the guest asked for, if any.
+    pub fn tick_period(&self) -> Option<Duration> {
+        self.tick_period
+    }
+
+    /// HTTP calls sent and not answered yet.
+    pub fn pending_http_calls(&self) -> usize {
+        self.http_calls.len()
+    }
+
+    /// The exit code the guest passed to `proc_exit`, if it did.
+    pub fn exit_code(&self) -> Option<i32> {
+        self.exit_code
     }
 }

@@ -100,7 +100,7 @@ impl MapType {
 }
 
 /// `proxy_buffer_type_t`: which buffer a call is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BufferType {
     /// Request body.
     HttpRequestBody = 0,
@@ -154,5 +154,66 @@ impl Action {
     /// `Continue`, like other hosts do, so a sloppy guest cannot hang a transaction.
     pub fn from_raw(v: i32) -> Self {
         if v == 1 { Self::Pause } else { Self::Continue }
+    }
+}
+
+/// `proxy_stream_type_t`: which direction of a stream `proxy_continue_stream` /
+/// `proxy_close_stream` are about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StreamType {
+    /// The HTTP request.
+    HttpRequest = 0,
+    /// The HTTP response.
+    HttpResponse = 1,
+    /// L4 downstream.
+    Downstream = 2,
+    /// L4 upstream.
+    Upstream = 3,
+}
+
+impl StreamType {
+    /// Converts a guest value; unknown values are `None` (`BAD_ARGUMENT`).
+    pub fn from_raw(v: i32) -> Option<Self> {
+        Some(match v {
+            0 => Self::HttpRequest,
+            1 => Self::HttpResponse,
+            2 => Self::Downstream,
+            3 => Self::Upstream,
+            _ => return None,
+        })
+    }
+}
+
+/// `proxy_peer_type_t`: who closed an L4 connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerType {
+    /// Not known.
+    Unknown = 0,
+    /// The proxy closed it.
+    Local = 1,
+    /// The peer closed it.
+    Remote = 2,
+}
+
+/// `proxy_metric_type_t`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MetricType {
+    /// A monotonically increasing count.
+    Counter = 0,
+    /// A value that goes up and down.
+    Gauge = 1,
+    /// A distribution of recorded values.
+    Histogram = 2,
+}
+
+impl MetricType {
+    /// Converts a guest value; unknown values are `None` (`BAD_ARGUMENT`).
+    pub fn from_raw(v: i32) -> Option<Self> {
+        Some(match v {
+            0 => Self::Counter,
+            1 => Self::Gauge,
+            2 => Self::Histogram,
+            _ => return None,
+        })
     }
 }

@@ -6,7 +6,7 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::backend::Backend;
-use super::hostcalls::{Ctx, Registrar, memory};
+use super::hostcalls::{Ctx, Registrar, denied, memory};
 use super::memory::{read_u32, slice, slice_mut, write_u32, write_u64};
 use super::types::{LogLevel, Status};
 
@@ -14,6 +14,11 @@ const SUCCESS: i32 = 0;
 const BADF: i32 = 8;
 const FAULT: i32 = 21;
 const INVAL: i32 = 28;
+const NOSYS: i32 = 52;
+const NOTSUP: i32 = 58;
+
+/// The most bytes one `random_get` may ask for (`INVAL` beyond).
+const MAX_RANDOM: i32 = 1 << 20;
 
 fn errno(r: Result<(), i32>) -> wasmtime::Result<i32> {
     Ok(r.err().unwrap_or(SUCCESS))
@@ -31,6 +36,9 @@ fn monotonic_origin() -> Instant {
 
 pub(crate) fn add_wasi_functions<B: Backend>(reg: &mut Registrar<'_, B>, m: &'static str) -> wasmtime::Result<()> {
     reg.def(m, "fd_write", |mut c: Ctx<'_, B>, fd: i32, iovs: i32, iovs_len: i32, ret_written: i32| {
+        if denied(&mut c, "fd_write") {
+            return Ok(NOSYS);
+        }
         errno((|| {
             let level = match fd {
                 1 => LogLevel::Info,
@@ -56,6 +64,9 @@ pub(crate) fn add_wasi_functions<B: Backend>(reg: &mut Registrar<'_, B>, m: &'st
     })?;
 
     reg.def(m, "environ_sizes_get", |mut c: Ctx<'_, B>, ret_count: i32, ret_size: i32| {
+        if denied(&mut c, "environ_sizes_get") {
+            return Ok(NOSYS);
+        }
         errno((|| {
             let memory = memory(&c).map_err(fault)?;
             let (mem, st) = memory.data_and_store_mut(&mut c);
@@ -68,6 +79,9 @@ pub(crate) fn add_wasi_functions<B: Backend>(reg: &mut Registrar<'_, B>, m: &'st
     })?;
 
     reg.def(m, "environ_get", |mut c: Ctx<'_, B>, ret_array: i32, ret_buf: i32| {
+        if denied(&mut c, "environ_get") {
+            return Ok(NOSYS);
+        }
         errno((|| {
             let memory = memory(&c).map_err(fault)?;
             let (mem, st) = memory.data_and_store_mut(&mut c);
@@ -84,6 +98,9 @@ pub(crate) fn add_wasi_functions<B: Backend>(reg: &mut Registrar<'_, B>, m: &'st
     })?;
 
     reg.def(m, "args_sizes_get", |mut c: Ctx<'_, B>, ret_count: i32, ret_size: i32| {
+        if denied(&mut c, "args_sizes_get") {
+            return Ok(NOSYS);
+        }
         errno((|| {
             let memory = memory(&c).map_err(fault)?;
             let mem = memory.data_mut(&mut c);
@@ -93,14 +110,22 @@ pub(crate) fn add_wasi_functions<B: Backend>(reg: &mut Registrar<'_, B>, m: &'st
         })())
     })?;
 
-    reg.def(m, "args_get", |_c: Ctx<'_, B>, _argv: i32, _buf: i32| Ok(SUCCESS))?;
+    reg.def(m, "args_get", |mut c: Ctx<'_, B>, _argv: i32, _buf: i32| {
+        if denied(&mut c, "args_get") {
+            return Ok(NOSYS);
+        }
+        Ok(SUCCESS)
+    })?;
 
     reg.def(m, "clock_time_get", |mut c: Ctx<'_, B>, id: i32, _precision: i64, ret: i32| {
+        if denied(&mut c, "clock_time_get") {
+            return Ok(NOSYS);
+        }
         errno((|| {
             let nanos = match id {
                 0 => SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
                 1 => monotonic_origin().elapsed().as_nanos() as u64,
-                _ => return Err(INVAL),
+                _ => return Err(NOTSUP),
             };
             let memory = memory(&c).map_err(fault)?;
             write_u64(memory.data_mut(&mut c), ret, nanos).map_err(fault)
@@ -108,7 +133,13 @@ pub(crate) fn add_wasi_functions<B: Backend>(reg: &mut Registrar<'_, B>, m: &'st
     })?;
 
     reg.def(m, "random_get", |mut c: Ctx<'_, B>, buf: i32, len: i32| {
+        if denied(&mut c, "random_get") {
+            return Ok(NOSYS);
+        }
         errno((|| {
+            if len as u32 > MAX_RANDOM as u32 {
+                return Err(INVAL);
+            }
             let memory = memory(&c).map_err(fault)?;
             let dst = slice_mut(memory.data_mut(&mut c), buf, len).map_err(fault)?;
             getrandom::fill(dst).map_err(|_| INVAL)
@@ -116,6 +147,9 @@ pub(crate) fn add_wasi_functions<B: Backend>(reg: &mut Registrar<'_, B>, m: &'st
     })?;
 
     reg.def(m, "proc_exit", |mut c: Ctx<'_, B>, code: i32| -> wasmtime::Result<()> {
+        if denied(&mut c, "proc_exit") {
+            return Ok(());
+        }
         c.data_mut().exit_code = Some(code);
         Err(wasmtime::Error::msg(format!("the guest called proc_exit({code})")))
     })?;

@@ -57,11 +57,16 @@ impl Filter {
             vm_configuration: cfg.vm_configuration.clone().into_bytes(),
             environment: cfg.environment.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             callback_deadline_ticks: deadline_ticks,
+            allowed_capabilities: cfg.allowed_capabilities.clone(),
         });
         // The initializer may parse configuration: give it more time than one callback.
         let init_ticks = deadline_ticks.saturating_mul(10).max(5000);
-        let template =
-            VmTemplate::new(pre, move || HostState::new(AtsBackend, info.clone()), guest::initialize, init_ticks);
+        let template = VmTemplate::new(
+            pre,
+            move || HostState::new(AtsBackend::default(), info.clone()),
+            guest::initialize,
+            init_ticks,
+        );
         // Prove the module starts before taking traffic.
         template.instantiate().map_err(|e| format!("module {} failed to start: {}", path.display(), one_line(&e)))?;
         let pool = VmPool::with_config(template, PoolConfig::new(isolation, pool_size));

@@ -1,5 +1,12 @@
 //! The ABI host driven without ATS: real SDK-built modules (from `examples/`, built by
 //! `make build`) and hand-written WAT, over the in-memory backend.
+//!
+//! `probe` drives the Rust SDK `abi-probe` filter through every host function, `edges` runs
+//! hand-written WAT for what SDKs never do, `toolchains` runs the C and AssemblyScript modules.
+
+mod edges;
+mod probe;
+mod toolchains;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,35 +16,56 @@ use wasmtime::{Engine, Module, Store};
 
 use super::guest::{self, ProxyVm};
 use super::testing::MemoryBackend;
-use super::{Action, HostState, LogLevel, MapType, PluginInfo, linker_for, validate_module};
+use super::{Action, HostState, LogLevel, MapType, Metrics, PluginInfo, Shared, linker_for, validate_module};
 
-fn engine() -> Engine {
+pub(super) fn engine() -> Engine {
     new_engine(&EngineOptions::default()).expect("engine")
 }
 
-fn example(name: &str) -> Vec<u8> {
+/// A module built by `examples/build.sh`, by crate name (Rust) or file name.
+pub(super) fn example(name: &str) -> Vec<u8> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("examples/target/wasm32-unknown-unknown/release")
         .join(format!("{}.wasm", name.replace('-', "_")));
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (run `make build` first)", p.display()))
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (run `examples/build.sh` first)", p.display()))
 }
 
-fn vm(engine: &Engine, wasm: &[u8], configuration: &str) -> wasmtime::Result<ProxyVm<MemoryBackend>> {
+/// A VM of `wasm` with `info`, its own shared data/queues and metrics, initialized.
+pub(super) fn vm_with(
+    engine: &Engine,
+    wasm: &[u8],
+    info: PluginInfo,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+) -> wasmtime::Result<ProxyVm<MemoryBackend>> {
     let module = Module::new(engine, wasm)?;
     let linker = linker_for::<MemoryBackend>(&module)?;
-    let info = Arc::new(PluginInfo {
-        name: "test".into(),
-        root_id: "root".into(),
-        plugin_configuration: configuration.as_bytes().to_vec(),
-        callback_deadline_ticks: 1000,
-        ..PluginInfo::default()
-    });
-    let mut store = Store::new(engine, HostState::new(MemoryBackend::default(), info));
+    let info = Arc::new(PluginInfo { callback_deadline_ticks: 1000, ..info });
+    let state = HostState::with_registries(MemoryBackend::default(), info, shared, metrics);
+    let mut store = Store::new(engine, state);
     store.set_epoch_deadline(1000);
     let instance = linker.instantiate(&mut store, &module)?;
     let mut vm = Vm { store, instance };
     guest::initialize(&mut vm)?;
     Ok(vm)
+}
+
+pub(super) fn vm(engine: &Engine, wasm: &[u8], configuration: &str) -> wasmtime::Result<ProxyVm<MemoryBackend>> {
+    let info = PluginInfo {
+        name: "test".into(),
+        root_id: "root".into(),
+        plugin_configuration: configuration.as_bytes().to_vec(),
+        ..PluginInfo::default()
+    };
+    vm_with(engine, wasm, info, Arc::default(), Arc::default())
+}
+
+/// The `i32` the guest stored at address `at`.
+pub(super) fn read_i32(vm: &mut ProxyVm<MemoryBackend>, at: usize) -> i32 {
+    let mem = vm.instance.get_memory(&mut vm.store, "memory").unwrap();
+    let mut b = [0u8; 4];
+    mem.read(&vm.store, at, &mut b).unwrap();
+    i32::from_le_bytes(b)
 }
 
 #[test]
@@ -150,7 +178,7 @@ fn host_calls_answer_spec_statuses_for_bad_pointers_and_ids() {
 #[test]
 fn unimplemented_imports_answer_unimplemented_and_warn_once() {
     let wat = r#"(module
-      (import "env" "proxy_grpc_cancel" (func $cancel (param i32) (result i32)))
+      (import "env" "proxy_made_up_function" (func $cancel (param i32) (result i32)))
       (memory (export "memory") 1)
       (func (export "proxy_abi_version_0_2_1"))
       (func (export "malloc") (param i32) (result i32) (i32.const 1024))
@@ -168,7 +196,7 @@ fn unimplemented_imports_answer_unimplemented_and_warn_once() {
     assert_eq!(i32::from_le_bytes(b), 12, "UNIMPLEMENTED");
     let warnings: Vec<_> = vm.store.data().backend.logs.iter().filter(|(_, l, _)| *l == LogLevel::Warn).collect();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(warnings[0].2.contains("env.proxy_grpc_cancel is not implemented"));
+    assert!(warnings[0].2.contains("env.proxy_made_up_function is not implemented"));
 }
 
 #[test]
