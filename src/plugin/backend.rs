@@ -1,7 +1,9 @@
-//! The ABI backend over ATS transactions: header maps and logging.
+//! The ABI backend over ATS transactions: header maps (with pseudo-headers), properties, local
+//! responses and logging.
 
+use super::properties;
 use crate::abi::types::HostResult;
-use crate::abi::{Backend, LogLevel, MapType, Status};
+use crate::abi::{Backend, LocalResponse, LogLevel, MapType, Status};
 use crate::ts::headers::HeaderMap;
 use crate::ts::log;
 use crate::ts::txn::Txn;
@@ -26,12 +28,37 @@ pub struct TxnStream {
     pub phase: Phase,
 }
 
-/// The ATS backend. Stateless: everything lives in the transaction.
+/// A local response a guest asked for, waiting for the plugin to apply it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingLocalResponse {
+    /// The transaction it answers.
+    pub txn: Txn,
+    /// Extra headers to put on the response.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The ATS backend of one VM. Everything about a transaction lives in the transaction; the
+/// backend only holds local responses between the guest's call and the plugin applying them.
 #[derive(Default)]
-pub struct AtsBackend;
+pub struct AtsBackend {
+    pending_local: Vec<PendingLocalResponse>,
+}
+
+impl AtsBackend {
+    /// Takes the local response a guest sent for `txn` during the last callback, if any.
+    pub fn take_local_response(&mut self, txn: Txn) -> Option<PendingLocalResponse> {
+        let i = self.pending_local.iter().position(|p| p.txn == txn)?;
+        Some(self.pending_local.swap_remove(i))
+    }
+}
+
+const REQUEST_PSEUDO: [&[u8]; 4] = [b":method", b":path", b":authority", b":scheme"];
 
 fn header(s: TxnStream, map: MapType, write: bool) -> HostResult<HeaderMap> {
     let unavailable = if write { Status::BadArgument } else { Status::NotFound };
+    if write && s.phase == Phase::Close {
+        return Err(unavailable);
+    }
     match map {
         MapType::RequestHeaders => s.txn.client_request().ok_or(unavailable),
         MapType::ResponseHeaders if s.phase != Phase::Request => s.txn.client_response().ok_or(unavailable),
@@ -45,6 +72,69 @@ fn valid_name(key: &[u8]) -> HostResult {
     } else {
         Ok(())
     }
+}
+
+fn is_tls(txn: Txn) -> bool {
+    txn.client_protocol_stack().iter().any(|t| t.starts_with("tls"))
+}
+
+/// Appends the value of pseudo-header `key` of `h` to `out`; `false` when it has none.
+fn pseudo_get(s: TxnStream, map: MapType, h: &HeaderMap, key: &[u8], out: &mut Vec<u8>) -> bool {
+    match (map, key) {
+        (MapType::RequestHeaders, b":method") => out.extend_from_slice(&h.method()),
+        (MapType::RequestHeaders, b":path") => {
+            let Some(url) = h.url_parts() else { return false };
+            out.push(b'/');
+            out.extend_from_slice(&url.path);
+            if !url.query.is_empty() {
+                out.push(b'?');
+                out.extend_from_slice(&url.query);
+            }
+        }
+        (MapType::RequestHeaders, b":authority") => {
+            if !h.get(b"host", out) {
+                match h.url_parts() {
+                    Some(u) if !u.host.is_empty() => out.extend_from_slice(&u.host),
+                    _ => return false,
+                }
+            }
+        }
+        (MapType::RequestHeaders, b":scheme") => match h.url_parts() {
+            Some(u) if !u.scheme.is_empty() => out.extend_from_slice(&u.scheme),
+            _ => out.extend_from_slice(if is_tls(s.txn) { b"https" } else { b"http" }),
+        },
+        (MapType::ResponseHeaders, b":status") => out.extend_from_slice(h.status().to_string().as_bytes()),
+        _ => return false,
+    }
+    true
+}
+
+/// Sets pseudo-header `key` (the request line or status line).
+fn pseudo_set(map: MapType, h: &HeaderMap, key: &[u8], value: &[u8]) -> HostResult {
+    let ok = match (map, key) {
+        (MapType::RequestHeaders, b":method") => !value.is_empty() && h.set_method(value),
+        (MapType::RequestHeaders, b":path") => value.first() == Some(&b'/') && h.set_path_and_query(value),
+        (MapType::RequestHeaders, b":authority") => h.replace(b"host", value),
+        (MapType::ResponseHeaders, b":status") => {
+            match std::str::from_utf8(value).ok().and_then(|v| v.parse::<u16>().ok()) {
+                Some(code @ 100..=999) => h.set_status(code),
+                _ => false,
+            }
+        }
+        // `:scheme` is fixed by the client connection.
+        _ => false,
+    };
+    if ok { Ok(()) } else { Err(Status::BadArgument) }
+}
+
+/// Number of fields of `map` as the guest sees it (pseudo-headers included).
+pub fn visible_len(map: MapType, h: &HeaderMap) -> usize {
+    h.len()
+        + match map {
+            MapType::RequestHeaders => REQUEST_PSEUDO.len(),
+            MapType::ResponseHeaders => 1,
+            _ => 0,
+        }
 }
 
 impl Backend for AtsBackend {
@@ -68,40 +158,103 @@ impl Backend for AtsBackend {
     }
 
     fn map_get(&mut self, s: TxnStream, map: MapType, key: &[u8], out: &mut Vec<u8>) -> HostResult<bool> {
-        Ok(header(s, map, false)?.get(key, out))
+        let h = header(s, map, false)?;
+        if key.first() == Some(&b':') {
+            return Ok(pseudo_get(s, map, &h, key, out));
+        }
+        Ok(h.get(key, out))
     }
 
     fn map_for_each(&mut self, s: TxnStream, map: MapType, f: &mut dyn FnMut(&[u8], &[u8])) -> HostResult {
-        header(s, map, false)?.for_each(f);
+        let h = header(s, map, false)?;
+        let pseudo: &[&[u8]] = match map {
+            MapType::RequestHeaders => &REQUEST_PSEUDO,
+            MapType::ResponseHeaders => &[b":status"],
+            _ => &[],
+        };
+        let mut v = Vec::new();
+        for key in pseudo {
+            v.clear();
+            if pseudo_get(s, map, &h, key, &mut v) {
+                f(key, &v);
+            }
+        }
+        h.for_each(f);
         Ok(())
     }
 
     fn map_add(&mut self, s: TxnStream, map: MapType, key: &[u8], value: &[u8]) -> HostResult {
+        let h = header(s, map, true)?;
+        if key.first() == Some(&b':') {
+            return pseudo_set(map, &h, key, value);
+        }
         valid_name(key)?;
-        if header(s, map, true)?.add(key, value) { Ok(()) } else { Err(Status::InternalFailure) }
+        if h.add(key, value) { Ok(()) } else { Err(Status::InternalFailure) }
     }
 
     fn map_replace(&mut self, s: TxnStream, map: MapType, key: &[u8], value: &[u8]) -> HostResult {
+        let h = header(s, map, true)?;
+        if key.first() == Some(&b':') {
+            return pseudo_set(map, &h, key, value);
+        }
         valid_name(key)?;
-        if header(s, map, true)?.replace(key, value) { Ok(()) } else { Err(Status::InternalFailure) }
+        if h.replace(key, value) { Ok(()) } else { Err(Status::InternalFailure) }
     }
 
     fn map_remove(&mut self, s: TxnStream, map: MapType, key: &[u8]) -> HostResult {
-        header(s, map, true)?.remove(key);
+        let h = header(s, map, true)?;
+        // Pseudo-headers cannot be removed (the request and status lines always exist).
+        if key.first() != Some(&b':') {
+            h.remove(key);
+        }
         Ok(())
     }
 
     fn map_set_pairs(&mut self, s: TxnStream, map: MapType, pairs: &[(&[u8], &[u8])]) -> HostResult {
         for (k, _) in pairs {
-            valid_name(k)?;
+            if k.first() != Some(&b':') {
+                valid_name(k)?;
+            }
         }
         let h = header(s, map, true)?;
         h.clear();
         for (k, v) in pairs {
-            if !h.add(k, v) {
+            if k.first() == Some(&b':') {
+                pseudo_set(map, &h, k, v)?;
+            } else if !h.add(k, v) {
                 return Err(Status::InternalFailure);
             }
         }
+        Ok(())
+    }
+
+    fn get_property(&mut self, s: Option<TxnStream>, path: &[&[u8]], out: &mut Vec<u8>) -> HostResult {
+        let value = s.and_then(|s| properties::resolve(s, path)).ok_or(Status::NotFound)?;
+        value.encode(out);
+        Ok(())
+    }
+
+    fn send_local_response(&mut self, s: TxnStream, response: &LocalResponse<'_>) -> HostResult {
+        // From the request phase ATS builds the response itself (the origin is not contacted);
+        // replacing an origin response's body needs a transform (not yet).
+        if s.phase != Phase::Request {
+            return Err(Status::Unimplemented);
+        }
+        let status =
+            u16::try_from(response.status_code).ok().filter(|c| (100..=999).contains(c)).ok_or(Status::BadArgument)?;
+        let mut content_type = "text/plain".to_string();
+        let mut headers = Vec::with_capacity(response.headers.len());
+        for (k, v) in response.headers {
+            valid_name(k)?;
+            if k.eq_ignore_ascii_case(b"content-type") {
+                content_type = String::from_utf8_lossy(v).into_owned();
+            } else {
+                headers.push((k.to_vec(), v.to_vec()));
+            }
+        }
+        s.txn.set_local_response(status, response.body, &content_type);
+        self.pending_local.retain(|p| p.txn != s.txn);
+        self.pending_local.push(PendingLocalResponse { txn: s.txn, headers });
         Ok(())
     }
 }

@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 
 use ats_wasm_pool::{EngineOptions, LeasedVm, ModuleCompiler, PoolError, WasmEngine};
 
-use crate::abi::{Action, HostState, guest};
+use crate::abi::{Action, HostState, MapType, guest};
 use crate::config;
 use crate::ts::headers::HeaderMap;
 use crate::ts::hooks::{HttpHook, TxnCont, TxnHandler};
@@ -45,9 +45,11 @@ struct FilterCtx {
     ctx: u32,
 }
 
-/// Per-transaction state: the live contexts, in chain order.
+/// Per-transaction state: the live contexts, in chain order, and the extra headers of a
+/// local response a filter sent from the request phase.
 struct TxnState {
     contexts: Vec<FilterCtx>,
+    local_response_headers: Option<Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
 /// VMs (pool slots) the engine can hold at once: net threads × filters × (ready VMs + VMs
@@ -150,6 +152,20 @@ impl TxnHandler for Hooks {
     }
 }
 
+/// Puts a guest's local-response headers on the response ATS built, replacing what ATS's
+/// error-page path adds (`Cache-Control: no-store`, `Content-Language`). A 204 or 304 carries
+/// no body, so it loses the `Content-Length` ATS leaves there.
+fn apply_local_response_headers(h: &HeaderMap, extra: &[(Vec<u8>, Vec<u8>)]) {
+    h.remove(b"cache-control");
+    h.remove(b"content-language");
+    if matches!(h.status(), 204 | 304) {
+        h.remove(b"content-length");
+    }
+    for (k, v) in extra {
+        h.add(k, v);
+    }
+}
+
 /// `end_of_stream` for a header block: true when no body follows.
 fn no_body(h: &HeaderMap) -> bool {
     let mut v = Vec::new();
@@ -209,11 +225,12 @@ impl Plugin {
 
     fn request_headers(&self, txn: Txn) -> Resume {
         let (num_headers, eos) = match txn.client_request() {
-            Some(h) => (h.len(), no_body(&h)),
+            Some(h) => (backend::visible_len(MapType::RequestHeaders, &h), no_body(&h)),
             None => (0, true),
         };
         let stream = TxnStream { txn, phase: Phase::Request };
-        let mut state = Box::new(TxnState { contexts: Vec::with_capacity(self.filters.len()) });
+        let mut state =
+            Box::new(TxnState { contexts: Vec::with_capacity(self.filters.len()), local_response_headers: None });
         let mut resume = Resume::Continue;
         for (i, f) in self.filters.iter().enumerate() {
             let mut lease = match f.pool.lease() {
@@ -229,10 +246,18 @@ impl Plugin {
             };
             let r = f.pool.with_leased(&mut lease, |vm| {
                 let ctx = guest::create_stream_context(vm, stream)?;
-                Ok::<_, wasmtime::Error>((ctx, guest::on_request_headers(vm, ctx, num_headers, eos)?))
+                let action = guest::on_request_headers(vm, ctx, num_headers, eos)?;
+                Ok::<_, wasmtime::Error>((ctx, action, vm.store.data_mut().backend.take_local_response(txn)))
             });
             match r {
-                Ok(Ok((ctx, action))) => {
+                Ok(Ok((ctx, _, Some(local)))) => {
+                    // A local response: ATS answers without the origin, and the later filters'
+                    // request callbacks do not run. Response callbacks still see the response.
+                    state.contexts.push(FilterCtx { filter: i, lease, ctx });
+                    state.local_response_headers = Some(local.headers);
+                    break;
+                }
+                Ok(Ok((ctx, action, None))) => {
                     state.contexts.push(FilterCtx { filter: i, lease, ctx });
                     if action == Action::Pause {
                         log::debug(
@@ -270,7 +295,12 @@ impl Plugin {
             return Resume::Continue;
         };
         let (num_headers, eos) = match txn.client_response() {
-            Some(h) => (h.len(), no_body(&h) || matches!(h.status(), 204 | 304)),
+            Some(h) => {
+                if let Some(extra) = state.local_response_headers.take() {
+                    apply_local_response_headers(&h, &extra);
+                }
+                (backend::visible_len(MapType::ResponseHeaders, &h), no_body(&h) || matches!(h.status(), 204 | 304))
+            }
             None => (0, true),
         };
         let stream = TxnStream { txn, phase: Phase::Response };

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::backend::{Phase, TxnStream};
-use crate::ts::headers::HeaderMap;
+use crate::ts::headers::{HeaderMap, UrlParts};
 
 /// A typed property value, before encoding.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,9 +65,14 @@ fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
+/// The client request's URL as the client sent it: the pristine (pre-remap) URL, or the
+/// client request's when ATS has none.
+fn client_url(s: TxnStream) -> Option<UrlParts> {
+    s.txn.pristine_url().or_else(|| s.txn.client_request()?.url_parts())
+}
+
 /// The request path with its query, as the client sent it (`/a/b?x=1`).
-fn request_path(h: &HeaderMap, with_query: bool) -> Option<Vec<u8>> {
-    let url = h.url_parts()?;
+fn request_path(url: UrlParts, with_query: bool) -> Option<Vec<u8>> {
     let mut p = Vec::with_capacity(url.path.len() + url.query.len() + 2);
     p.push(b'/');
     p.extend_from_slice(&url.path);
@@ -95,13 +100,24 @@ pub fn resolve(s: TxnStream, path: &[&[u8]]) -> Option<PropertyValue> {
     let req = || txn.client_request();
     let resp = || if s.phase == Phase::Request { None } else { txn.client_response() };
     match path {
-        [b"request", b"path"] => bytes(request_path(&req()?, true)?),
-        [b"request", b"url_path"] => bytes(request_path(&req()?, false)?),
-        [b"request", b"query"] => bytes(req()?.url_parts()?.query),
-        [b"request", b"host"] => header(req(), b"host")
-            .or_else(|| req()?.url_parts().filter(|u| !u.host.is_empty()).map(|u| PropertyValue::Bytes(u.host))),
+        [b"request", b"path"] => bytes(request_path(client_url(s)?, true)?),
+        [b"request", b"url_path"] => bytes(request_path(client_url(s)?, false)?),
+        [b"request", b"query"] => bytes(client_url(s)?.query),
+        [b"request", b"host"] => {
+            // The pristine URL's host is the client's Host header (in a reverse proxy); the
+            // client request's Host may have been rewritten by remap.
+            let url = client_url(s)?;
+            if url.host.is_empty() {
+                return header(req(), b"host");
+            }
+            let mut host = url.host;
+            if url.explicit_port != 0 {
+                host.extend_from_slice(format!(":{}", url.explicit_port).as_bytes());
+            }
+            bytes(host)
+        }
         [b"request", b"scheme"] => {
-            let scheme = req()?.url_parts()?.scheme;
+            let scheme = client_url(s)?.scheme;
             if !scheme.is_empty() { bytes(scheme) } else { bytes(if is_tls(s) { "https" } else { "http" }) }
         }
         [b"request", b"method"] => bytes(req()?.method()),

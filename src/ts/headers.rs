@@ -220,21 +220,49 @@ impl HeaderMap {
     /// The request URL's parts, copied out: `(scheme, host, port, path, query)`. The path has
     /// no leading `/` (ATS's convention); the port is the explicit or default one.
     pub fn url_parts(&self) -> Option<UrlParts> {
+        // SAFETY: the URL handle belongs to this header's buffer.
+        self.with_url(|url| unsafe { UrlParts::read(self.buf, url) })
+    }
+
+    /// Sets the request method.
+    pub fn set_method(&self, method: &[u8]) -> bool {
+        // SAFETY: type invariant; ATS copies the bytes.
+        unsafe {
+            sys::TSHttpHdrMethodSet(self.buf, self.loc, method.as_ptr() as *const _, clen(method)) == sys::TS_SUCCESS
+        }
+    }
+
+    /// Sets the request URL's path and query from `path` as a client writes it (`/a/b?x=1`).
+    pub fn set_path_and_query(&self, path: &[u8]) -> bool {
+        let (p, q) = match path.iter().position(|&b| b == b'?') {
+            Some(i) => (&path[..i], &path[i + 1..]),
+            None => (path, &b""[..]),
+        };
+        let p = p.strip_prefix(b"/").unwrap_or(p);
         self.with_url(|url| {
-            let get = |g: unsafe extern "C" fn(sys::TSMBuffer, sys::TSMLoc, *mut c_int) -> *const std::ffi::c_char| {
-                let mut len: c_int = 0;
-                // SAFETY: url belongs to this header; the bytes are copied out immediately.
-                unsafe { bytes(g(self.buf, url, &mut len), len).to_vec() }
-            };
-            UrlParts {
-                scheme: get(sys::TSUrlSchemeGet),
-                host: get(sys::TSUrlHostGet),
-                // SAFETY: url belongs to this header.
-                port: unsafe { sys::TSUrlPortGet(self.buf, url) }.clamp(0, 65535) as u16,
-                path: get(sys::TSUrlPathGet),
-                query: get(sys::TSUrlHttpQueryGet),
+            // SAFETY: url belongs to this header; ATS copies the bytes.
+            unsafe {
+                sys::TSUrlPathSet(self.buf, url, p.as_ptr() as *const _, clen(p)) == sys::TS_SUCCESS
+                    && sys::TSUrlHttpQuerySet(self.buf, url, q.as_ptr() as *const _, clen(q)) == sys::TS_SUCCESS
             }
         })
+        .unwrap_or(false)
+    }
+
+    /// Sets the response status and its standard reason phrase (response headers only).
+    pub fn set_status(&self, status: u16) -> bool {
+        // SAFETY: type invariant; the reason is a static string from ATS (or null).
+        unsafe {
+            if sys::TSHttpHdrStatusSet(self.buf, self.loc, status as sys::TSHttpStatus) != sys::TS_SUCCESS {
+                return false;
+            }
+            let reason = sys::TSHttpHdrReasonLookup(status as sys::TSHttpStatus);
+            if !reason.is_null() {
+                let r = std::ffi::CStr::from_ptr(reason).to_bytes();
+                sys::TSHttpHdrReasonSet(self.buf, self.loc, r.as_ptr() as *const _, clen(r));
+            }
+            true
+        }
     }
 
     /// The HTTP version as `(major, minor)`.
@@ -260,10 +288,36 @@ pub struct UrlParts {
     pub host: Vec<u8>,
     /// The port (explicit or the scheme's default).
     pub port: u16,
+    /// The port as written in the URL, or 0 when none was.
+    pub explicit_port: u16,
     /// The path without its leading `/`.
     pub path: Vec<u8>,
     /// The query without `?`.
     pub query: Vec<u8>,
+}
+
+impl UrlParts {
+    /// Copies the parts of the URL at `url` in `buf`.
+    ///
+    /// # Safety
+    /// `url` must be a live URL handle in `buf`.
+    pub(crate) unsafe fn read(buf: sys::TSMBuffer, url: sys::TSMLoc) -> Self {
+        let get = |g: unsafe extern "C" fn(sys::TSMBuffer, sys::TSMLoc, *mut c_int) -> *const std::ffi::c_char| {
+            let mut len: c_int = 0;
+            // SAFETY: url is live in buf (caller); the bytes are copied out immediately.
+            unsafe { bytes(g(buf, url, &mut len), len).to_vec() }
+        };
+        UrlParts {
+            scheme: get(sys::TSUrlSchemeGet),
+            host: get(sys::TSUrlHostGet),
+            // SAFETY: as above.
+            port: unsafe { sys::TSUrlPortGet(buf, url) }.clamp(0, 65535) as u16,
+            // SAFETY: as above.
+            explicit_port: unsafe { sys::TSUrlRawPortGet(buf, url) }.clamp(0, 65535) as u16,
+            path: get(sys::TSUrlPathGet),
+            query: get(sys::TSUrlHttpQueryGet),
+        }
+    }
 }
 
 impl Drop for HeaderMap {

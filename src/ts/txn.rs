@@ -88,6 +88,22 @@ impl Txn {
         }
     }
 
+    /// The client request's URL as it was before remap (`TSHttpTxnPristineUrlGet`); in a
+    /// reverse proxy its host and port come from the client's `Host` header.
+    pub fn pristine_url(self) -> Option<super::headers::UrlParts> {
+        let mut buf: sys::TSMBuffer = std::ptr::null_mut();
+        let mut loc: sys::TSMLoc = std::ptr::null_mut();
+        // SAFETY: live transaction; on success loc is a URL handle in buf, read then released.
+        unsafe {
+            if sys::TSHttpTxnPristineUrlGet(self.0, &mut buf, &mut loc) != sys::TS_SUCCESS || buf.is_null() {
+                return None;
+            }
+            let parts = super::headers::UrlParts::read(buf, loc);
+            sys::TSHandleMLocRelease(buf, std::ptr::null_mut(), loc);
+            Some(parts)
+        }
+    }
+
     /// The client's address (`TSHttpTxnClientAddrGet`).
     pub fn client_addr(self) -> Option<std::net::SocketAddr> {
         // SAFETY: live transaction; ATS returns null or a valid sockaddr.

@@ -1,0 +1,183 @@
+//! The example filters through a real `traffic_server` with 2 net threads: `deny` (local
+//! responses that stop the chain), `echo-properties` (properties from ATS, and which VM served
+//! each transaction in both isolation modes).
+
+mod harness;
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use harness::{Ats, example_wasm};
+
+fn yaml(name: &str, wasm: &Path, configuration: &str) -> String {
+    format!(
+        "config:\n  name: \"{name}\"\n  root_id: \"{name}\"\n  configuration: '{configuration}'\n  vm_config:\n    code:\n      local:\n        filename: {}\n",
+        wasm.display()
+    )
+}
+
+fn deny_then_add_headers() -> Ats {
+    Ats::builder()
+        .net_threads(2)
+        .config_file(
+            "deny.yaml",
+            yaml(
+                "deny",
+                &example_wasm("deny"),
+                r#"{"path_prefixes": ["/admin"], "user_agents": ["evil-bot"], "status": 403, "body": "denied\n"}"#,
+            ),
+        )
+        .config_file(
+            "local200.yaml",
+            yaml(
+                "local200",
+                &example_wasm("deny"),
+                r#"{"path_prefixes": ["/local-ok"], "status": 200, "body": "hello from wasm\n"}"#,
+            ),
+        )
+        .config_file(
+            "redirect.yaml",
+            yaml("redirect", &example_wasm("deny"), r#"{"path_prefixes": ["/moved"], "status": 302, "body": ""}"#),
+        )
+        .config_file(
+            "add.yaml",
+            yaml(
+                "add",
+                &example_wasm("add-headers"),
+                r#"{"request_headers": {"x-second": "ran"}, "response_headers": {"x-second": "ran"}}"#,
+            ),
+        )
+        .plugin(&["deny.yaml", "local200.yaml", "redirect.yaml", "add.yaml"])
+        .start()
+}
+
+#[test]
+fn deny_answers_locally_and_stops_the_rest_of_the_chain() {
+    let ats = deny_then_add_headers();
+
+    let r = ats.get("/admin/panel");
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.body_str(), "denied\n");
+    assert_eq!(r.header("x-denied-by"), Some("path prefix /admin"));
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    assert_eq!(r.header("x-second"), None, "the later filter's callbacks must not run");
+
+    let r = ats.request("GET", "/ua", &[("User-Agent", "evil-bot/1.0")], b"");
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("x-denied-by"), Some("user agent evil-bot"));
+
+    // Any status works, 2xx and 3xx included (the upstream plugin turns them into 500).
+    let r = ats.get("/local-ok");
+    assert_eq!((r.status, r.body_str().as_ref()), (200, "hello from wasm\n"), "{r:?}");
+    let r = ats.get("/moved/here");
+    assert_eq!(r.status, 302, "{r:?}");
+
+    let seen: Vec<String> = ats.origin().seen().into_iter().map(|s| s.path).collect();
+    for p in ["/admin/panel", "/ua", "/local-ok", "/moved/here"] {
+        assert!(!seen.iter().any(|s| s == p), "the origin must not see {p}: {seen:?}");
+    }
+
+    // Allowed requests go through every filter.
+    let r = ats.get("/public");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-second"), Some("ran"));
+    let seen = ats.origin().seen();
+    assert_eq!(seen.iter().find(|s| s.path == "/public").and_then(|s| s.header("x-second")), Some("ran"));
+
+    // Keep-alive survives local responses.
+    let mut c = ats.client();
+    for _ in 0..3 {
+        assert_eq!(c.get("/admin", &[]).expect("request").status, 403);
+        assert_eq!(c.get("/public", &[]).expect("request").status, 200);
+    }
+}
+
+fn echo_ats(isolation: &str) -> Ats {
+    let config = r#"{"request.path": "string", "request.url_path": "string", "request.query": "string", "request.host": "string", "request.scheme": "string", "request.method": "string", "request.protocol": "string", "request.useragent": "string", "request.referer": "string", "request.headers.x-custom": "string", "request.time": "int", "request.duration": "int", "source.address": "string", "source.port": "int", "destination.address": "string", "destination.port": "int", "connection.id": "int", "connection.mtls": "bool", "upstream.address": "string", "upstream.port": "int", "response.code": "int", "response.code_details": "string", "response.headers.content-type": "string", "plugin_name": "string", "plugin_root_id": "string", "no.such.property": "string", "@vm_id": "int"}"#;
+    Ats::builder()
+        .net_threads(2)
+        .config_file("echo.yaml", yaml("echo", &example_wasm("echo-properties"), config))
+        .plugin(&[&format!("--isolation={isolation}"), "echo.yaml"])
+        .start()
+}
+
+#[test]
+fn echo_properties_reports_the_documented_values() {
+    let ats = echo_ats("shared");
+    let r = ats.request(
+        "GET",
+        "/props/a?x=1",
+        &[("User-Agent", "props-test/1"), ("Referer", "http://ref.example/"), ("X-Custom", "custom value")],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let p = |name: &str| {
+        r.header(&format!("x-prop-{name}")).unwrap_or_else(|| panic!("no x-prop-{name}: {r:?}")).to_string()
+    };
+    assert_eq!(p("request-path"), "/props/a?x=1");
+    assert_eq!(p("request-url_path"), "/props/a");
+    assert_eq!(p("request-query"), "x=1");
+    assert_eq!(p("request-host"), format!("127.0.0.1:{}", ats.port()));
+    assert_eq!(p("request-scheme"), "http");
+    assert_eq!(p("request-method"), "GET");
+    assert_eq!(p("request-protocol"), "HTTP/1.1");
+    assert_eq!(p("request-useragent"), "props-test/1");
+    assert_eq!(p("request-referer"), "http://ref.example/");
+    assert_eq!(p("request-headers-x-custom"), "custom value");
+    let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    let t: i64 = p("request-time").parse().unwrap();
+    assert!((now_ns - t).abs() < 60_000_000_000, "request.time {t} is a timestamp in ns near {now_ns}");
+    let d: i64 = p("request-duration").parse().unwrap();
+    assert!((0..60_000_000_000).contains(&d), "request.duration {d} ns");
+    // Addresses without ports, ports as integers in host byte order.
+    assert_eq!(p("source-address"), "127.0.0.1");
+    let sport: i64 = p("source-port").parse().unwrap();
+    assert!(sport > 0 && sport < 65536 && sport != ats.port() as i64, "source.port {sport}");
+    assert_eq!(p("destination-address"), "127.0.0.1");
+    assert_eq!(p("destination-port"), ats.port().to_string());
+    assert!(p("connection-id").parse::<i64>().unwrap() >= 0);
+    assert_eq!(p("connection-mtls"), "false");
+    assert_eq!(p("upstream-address"), "127.0.0.1");
+    assert_eq!(p("upstream-port"), ats.origin().port().to_string());
+    assert_eq!(p("response-code"), "200");
+    assert_eq!(p("response-code_details"), "via_upstream");
+    assert_eq!(p("response-headers-content-type"), "text/plain");
+    assert_eq!(p("plugin_name"), "echo");
+    assert_eq!(p("plugin_root_id"), "echo");
+    assert_eq!(p("no-such-property"), "<not found>");
+}
+
+/// `n` requests over `conns` connections; the `x-vm-id` each response reports.
+fn vm_ids(ats: &Ats, conns: usize, per_conn: usize) -> Vec<String> {
+    let port = ats.port();
+    let workers: Vec<_> = (0..conns)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut client = harness::Client::connect(port).expect("connect");
+                (0..per_conn)
+                    .map(|i| {
+                        let r = client.get(&format!("/vm/{c}/{i}"), &[]).expect("request");
+                        assert_eq!(r.status, 200);
+                        r.header("x-vm-id").expect("x-vm-id").to_string()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    workers.into_iter().flat_map(|w| w.join().expect("worker")).collect()
+}
+
+#[test]
+fn transaction_isolation_never_shares_a_vm_and_shared_isolation_reuses_the_threads_vms() {
+    let tx = echo_ats("transaction");
+    let ids = vm_ids(&tx, 20, 100);
+    let distinct: HashSet<_> = ids.iter().collect();
+    assert_eq!(ids.len(), 2000);
+    assert_eq!(distinct.len(), ids.len(), "transaction isolation: every transaction had a VM of its own");
+
+    let shared = echo_ats("shared");
+    let ids = vm_ids(&shared, 20, 100);
+    let distinct: HashSet<_> = ids.iter().collect();
+    // 2 net threads × pool size 1 (plus at most one replacement each, none expected here).
+    assert!(distinct.len() <= 2, "shared isolation reuses each thread's VM: {} VMs", distinct.len());
+}
