@@ -96,7 +96,11 @@ fn two_instances_in_parallel_then_stopped() {
         // Still serving after the starting thread ended.
         let resp = ats.get("/again");
         assert_eq!(resp.status, 200);
-        assert_eq!(ats.origin().count(), 2);
+        // Each origin saw this instance's requests and nothing else (a count would be fragile:
+        // ATS may retry a request on a fresh origin connection).
+        let mut paths: Vec<String> = ats.origin().seen().into_iter().map(|r| r.path).collect();
+        paths.dedup();
+        assert_eq!(paths, vec!["/who".to_string(), "/again".to_string()]);
         assert!(pid_alive(ats.pid()));
     }
     for ats in &instances {
