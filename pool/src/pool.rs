@@ -565,6 +565,23 @@ impl<T: Send + 'static> VmPool<T> {
         }
     }
 
+    /// Runs `f` with each of this thread's live `Shared`-mode VMs (for work that belongs to the
+    /// VM rather than a transaction: timers, queue notifications). Returns how many it visited;
+    /// 0 in `Transaction` mode or when the pool is in use further up the stack.
+    pub fn for_each_local(&self, mut f: impl FnMut(VmRef, &mut Vm<T>)) -> usize {
+        let Some(local) = self.threads.get() else { return 0 };
+        let Ok(mut tp) = local.pool.try_borrow_mut() else { return 0 };
+        let id = local.id;
+        let mut n = 0;
+        for (i, slot) in tp.slots.iter_mut().enumerate() {
+            if let Some(vm) = slot.vm.as_mut() {
+                f(VmRef { thread: id, slot: i as u32, generation: slot.generation }, vm);
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Discards the `Shared`-mode VM named by `r` (after a trap, a deadline or the memory
     /// cap): it is never used again and a fresh one takes its slot. A no-op if it is already
     /// gone or belongs to another thread.

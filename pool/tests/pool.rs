@@ -405,3 +405,19 @@ fn re_entrant_use_is_refused_not_deadlocked() {
     let st = mine(&pool);
     assert_eq!((st.leased, st.cross_thread_returns), (0, 0), "{st:?}");
 }
+
+#[test]
+fn for_each_local_visits_only_this_threads_live_shared_vms() {
+    let engine = new_engine(&opts()).unwrap();
+    let f = fixture(&engine, WAT, ok_init()).unwrap();
+    let pool = Arc::new(pool(&f, Isolation::Shared, 3));
+    assert_eq!(pool.for_each_local(|_, _| {}), 0, "nothing created yet");
+    assert_eq!(pool.refill(3).created, 3);
+    let mut seen = Vec::new();
+    assert_eq!(pool.for_each_local(|r, _| seen.push(r)), 3);
+    pool.poison(seen[1]);
+    assert_eq!(pool.for_each_local(|_, _| {}), 2, "a poisoned VM is not visited");
+    let other = Arc::clone(&pool);
+    let n = std::thread::spawn(move || other.for_each_local(|_, _| {})).join().unwrap();
+    assert_eq!(n, 0, "another thread sees only its own (empty) pool");
+}

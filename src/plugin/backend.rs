@@ -1,9 +1,12 @@
 //! The ABI backend over ATS transactions: header maps (with pseudo-headers), properties, local
 //! responses and logging.
 
+use std::cell::RefCell;
+use std::time::Duration;
+
 use super::properties;
 use crate::abi::types::HostResult;
-use crate::abi::{Backend, LocalResponse, LogLevel, MapType, Status};
+use crate::abi::{Backend, LocalResponse, LogLevel, MapType, Status, StreamType};
 use crate::ts::headers::HeaderMap;
 use crate::ts::log;
 use crate::ts::txn::Txn;
@@ -50,6 +53,42 @@ impl AtsBackend {
         let i = self.pending_local.iter().position(|p| p.txn == txn)?;
         Some(self.pending_local.swap_remove(i))
     }
+}
+
+/// What a guest asked for a paused transaction: go on, or end it with an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamControl {
+    /// `proxy_continue_stream`.
+    Continue,
+    /// `proxy_close_stream`.
+    Close,
+}
+
+thread_local! {
+    /// Stream controls guests issued on this thread, for the plugin to apply at a safe point
+    /// (never inside the guest call: resuming a transaction can run its next hook at once).
+    static STREAM_CONTROLS: RefCell<Vec<(Txn, StreamControl)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Takes the oldest pending stream control of this thread.
+pub fn next_stream_control() -> Option<(Txn, StreamControl)> {
+    STREAM_CONTROLS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_empty() { None } else { Some(c.remove(0)) }
+    })
+}
+
+/// Takes the pending stream control for `txn`, if any.
+pub fn take_stream_control(txn: Txn) -> Option<StreamControl> {
+    STREAM_CONTROLS.with(|c| {
+        let mut c = c.borrow_mut();
+        let i = c.iter().position(|(t, _)| *t == txn)?;
+        Some(c.remove(i).1)
+    })
+}
+
+fn push_stream_control(txn: Txn, control: StreamControl) {
+    STREAM_CONTROLS.with(|c| c.borrow_mut().push((txn, control)));
 }
 
 const REQUEST_PSEUDO: [&[u8]; 4] = [b":method", b":path", b":authority", b":scheme"];
@@ -231,6 +270,31 @@ impl Backend for AtsBackend {
     fn get_property(&mut self, s: Option<TxnStream>, path: &[&[u8]], out: &mut Vec<u8>) -> HostResult {
         let value = s.and_then(|s| properties::resolve(s, path)).ok_or(Status::NotFound)?;
         value.encode(out);
+        Ok(())
+    }
+
+    fn continue_stream(&mut self, s: TxnStream, which: StreamType) -> HostResult {
+        match which {
+            StreamType::HttpRequest | StreamType::HttpResponse => {
+                push_stream_control(s.txn, StreamControl::Continue);
+                Ok(())
+            }
+            _ => Err(Status::Unimplemented),
+        }
+    }
+
+    fn close_stream(&mut self, s: TxnStream, which: StreamType) -> HostResult {
+        match which {
+            StreamType::HttpRequest | StreamType::HttpResponse => {
+                push_stream_control(s.txn, StreamControl::Close);
+                Ok(())
+            }
+            _ => Err(Status::Unimplemented),
+        }
+    }
+
+    fn set_tick_period(&mut self, _period: Option<Duration>) -> HostResult {
+        // The period is kept in the VM's host state; the plugin's per-thread timer reads it.
         Ok(())
     }
 

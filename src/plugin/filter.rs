@@ -17,6 +17,12 @@ pub(crate) struct Filter {
     pub(crate) pool: VmPool<HostState<AtsBackend>>,
     /// Ready VMs per thread, the refill target.
     pub(crate) pool_size: usize,
+    /// The tick period the module asked for when it started (`proxy_set_tick_period_milliseconds`
+    /// in `proxy_on_vm_start` / `proxy_on_configure`), if any.
+    pub(crate) tick_period: Option<Duration>,
+    /// `transaction` isolation: one long-lived VM per thread that only runs the root context's
+    /// timers (transaction VMs live too briefly to tick).
+    pub(crate) tick_pool: Option<VmPool<HostState<AtsBackend>>>,
 }
 
 impl Filter {
@@ -68,8 +74,14 @@ impl Filter {
             init_ticks,
         );
         // Prove the module starts before taking traffic.
-        template.instantiate().map_err(|e| format!("module {} failed to start: {}", path.display(), one_line(&e)))?;
+        let probe = template
+            .instantiate()
+            .map_err(|e| format!("module {} failed to start: {}", path.display(), one_line(&e)))?;
+        let tick_period = probe.store.data().tick_period();
+        drop(probe);
+        let tick_pool = (tick_period.is_some() && isolation == PoolIsolation::Transaction)
+            .then(|| VmPool::with_config(template.clone(), PoolConfig::new(PoolIsolation::Shared, 1)));
         let pool = VmPool::with_config(template, PoolConfig::new(isolation, pool_size));
-        Ok(Filter { name: cfg.name, fail_open: cfg.fail_open, pool, pool_size })
+        Ok(Filter { name: cfg.name, fail_open: cfg.fail_open, pool, pool_size, tick_period, tick_pool })
     }
 }

@@ -14,6 +14,7 @@ pub mod backend;
 mod filter;
 pub mod properties;
 
+use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use ats_wasm_pool::{EngineOptions, LeasedVm, ModuleCompiler, PoolError, WasmEngine};
@@ -21,10 +22,10 @@ use ats_wasm_pool::{EngineOptions, LeasedVm, ModuleCompiler, PoolError, WasmEngi
 use crate::abi::{Action, HostState, MapType, guest};
 use crate::config;
 use crate::ts::headers::HeaderMap;
-use crate::ts::hooks::{HttpHook, TxnCont, TxnHandler};
+use crate::ts::hooks::{HttpHook, TimerHandler, TxnCont, TxnHandler, every_on_this_thread};
 use crate::ts::log;
 use crate::ts::txn::{Resume, Txn, TxnSlot};
-use backend::{AtsBackend, Phase, TxnStream};
+use backend::{AtsBackend, Phase, StreamControl, TxnStream, next_stream_control, take_stream_control};
 use filter::Filter;
 
 /// Everything the hooks need, set once by [`init`].
@@ -45,11 +46,36 @@ struct FilterCtx {
     ctx: u32,
 }
 
-/// Per-transaction state: the live contexts, in chain order, and the extra headers of a
-/// local response a filter sent from the request phase.
+/// Per-transaction state: the live contexts, in chain order, the extra headers of a local
+/// response a filter sent from the request phase, and where the transaction is parked.
 struct TxnState {
     contexts: Vec<FilterCtx>,
     local_response_headers: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    paused: Option<Paused>,
+    hooks_added: bool,
+}
+
+/// Where a parked transaction goes on: the phase, and the next filter (request phase: index
+/// into the chain) or the context index below which response filters still have to run.
+struct Paused {
+    phase: Phase,
+    next: usize,
+}
+
+thread_local! {
+    /// Which filters' timers run on this thread.
+    static TIMERS_STARTED: RefCell<Vec<bool>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The per-thread tick timers; the timer data is the filter's index.
+struct Timers;
+
+impl TimerHandler for Timers {
+    fn on_timer(filter: usize) {
+        if let Some(p) = PLUGIN.get() {
+            p.tick(filter);
+        }
+    }
 }
 
 /// VMs (pool slots) the engine can hold at once: net threads × filters × (ready VMs + VMs
@@ -224,22 +250,47 @@ impl Plugin {
     }
 
     fn request_headers(&self, txn: Txn) -> Resume {
+        self.ensure_timers();
+        let mut state = Box::new(TxnState {
+            contexts: Vec::with_capacity(self.filters.len()),
+            local_response_headers: None,
+            paused: None,
+            hooks_added: false,
+        });
+        let resume = self.run_request_filters(txn, &mut state, 0);
+        self.finish_request_phase(txn, state, resume)
+    }
+
+    /// Stores the transaction's state and adds its later hooks (once), unless no filter has a
+    /// context in it.
+    fn finish_request_phase(&self, txn: Txn, mut state: Box<TxnState>, resume: Resume) -> Resume {
+        if state.contexts.is_empty() && state.paused.is_none() {
+            self.refill();
+            return resume;
+        }
+        if !state.hooks_added {
+            state.hooks_added = true;
+            self.cont.add_to_txn(txn, HttpHook::SendResponseHdr);
+            self.cont.add_to_txn(txn, HttpHook::TxnClose);
+        }
+        self.slot.put(txn, state);
+        resume
+    }
+
+    /// Runs `proxy_on_request_headers` of the filters from `from` on, in chain order. Returns
+    /// `Parked` (with `state.paused` set) when a filter paused the request.
+    fn run_request_filters(&self, txn: Txn, state: &mut TxnState, from: usize) -> Resume {
         let (num_headers, eos) = match txn.client_request() {
             Some(h) => (backend::visible_len(MapType::RequestHeaders, &h), no_body(&h)),
             None => (0, true),
         };
         let stream = TxnStream { txn, phase: Phase::Request };
-        let mut state =
-            Box::new(TxnState { contexts: Vec::with_capacity(self.filters.len()), local_response_headers: None });
-        let mut resume = Resume::Continue;
-        for (i, f) in self.filters.iter().enumerate() {
+        for (i, f) in self.filters.iter().enumerate().skip(from) {
             let mut lease = match f.pool.lease() {
                 Ok(l) => l,
                 Err(e) => {
-                    resume = self.pool_failed(f, "getting a VM", &e);
-                    if resume == Resume::Error {
-                        resume = Self::fail_closed_local(txn, &f.name);
-                        break;
+                    if self.pool_failed(f, "getting a VM", &e) == Resume::Error {
+                        return Self::fail_closed_local(txn, &f.name);
                     }
                     continue;
                 }
@@ -249,65 +300,69 @@ impl Plugin {
                 let action = guest::on_request_headers(vm, ctx, num_headers, eos)?;
                 Ok::<_, wasmtime::Error>((ctx, action, vm.store.data_mut().backend.take_local_response(txn)))
             });
-            match r {
+            let resume = match r {
                 Ok(Ok((ctx, _, Some(local)))) => {
                     // A local response: ATS answers without the origin, and the later filters'
                     // request callbacks do not run. Response callbacks still see the response.
                     state.contexts.push(FilterCtx { filter: i, lease, ctx });
                     state.local_response_headers = Some(local.headers);
-                    break;
+                    return Resume::Continue;
                 }
                 Ok(Ok((ctx, action, None))) => {
                     state.contexts.push(FilterCtx { filter: i, lease, ctx });
                     if action == Action::Pause {
-                        log::debug(
-                            format!(
-                                "[{}] Pause from proxy_on_request_headers is not supported yet; continuing",
-                                f.name
-                            )
-                            .as_bytes(),
-                        );
+                        match take_stream_control(txn) {
+                            // Continued within the same callback.
+                            Some(StreamControl::Continue) => {}
+                            Some(StreamControl::Close) => return Resume::Error,
+                            None => {
+                                state.paused = Some(Paused { phase: Phase::Request, next: i + 1 });
+                                return Resume::Parked;
+                            }
+                        }
                     }
+                    Resume::Continue
                 }
-                Ok(Err(e)) => resume = self.guest_failed(f, lease, "proxy_on_request_headers", &e),
+                Ok(Err(e)) => self.guest_failed(f, lease, "proxy_on_request_headers", &e),
                 Err(e) => {
                     f.pool.release(lease);
-                    resume = self.pool_failed(f, "reaching its VM", &e);
+                    self.pool_failed(f, "reaching its VM", &e)
                 }
-            }
+            };
             if resume == Resume::Error {
-                resume = Self::fail_closed_local(txn, &f.name);
-                break;
+                return Self::fail_closed_local(txn, &f.name);
             }
         }
-        if state.contexts.is_empty() {
-            self.refill();
-        } else {
-            self.slot.put(txn, state);
-            self.cont.add_to_txn(txn, HttpHook::SendResponseHdr);
-            self.cont.add_to_txn(txn, HttpHook::TxnClose);
-        }
-        resume
+        Resume::Continue
     }
 
     fn response_headers(&self, txn: Txn) -> Resume {
         let Some(mut state) = self.slot.take(txn) else {
             return Resume::Continue;
         };
+        if let Some(extra) = state.local_response_headers.take()
+            && let Some(h) = txn.client_response()
+        {
+            apply_local_response_headers(&h, &extra);
+        }
+        let n = state.contexts.len();
+        let resume = self.run_response_filters(txn, &mut state, n);
+        self.slot.put(txn, state);
+        resume
+    }
+
+    /// Runs `proxy_on_response_headers` of the contexts below index `from`, in reverse chain
+    /// order. Returns `Parked` (with `state.paused` set) when a filter paused the response.
+    fn run_response_filters(&self, txn: Txn, state: &mut TxnState, from: usize) -> Resume {
         let (num_headers, eos) = match txn.client_response() {
             Some(h) => {
-                if let Some(extra) = state.local_response_headers.take() {
-                    apply_local_response_headers(&h, &extra);
-                }
                 (backend::visible_len(MapType::ResponseHeaders, &h), no_body(&h) || matches!(h.status(), 204 | 304))
             }
             None => (0, true),
         };
         let stream = TxnStream { txn, phase: Phase::Response };
-        let mut resume = Resume::Continue;
-        // Response filters run in reverse chain order.
-        let mut i = state.contexts.len();
-        while i > 0 && resume == Resume::Continue {
+        let mut i = from.min(state.contexts.len());
+        while i > 0 {
             i -= 1;
             let fc = &mut state.contexts[i];
             let f = &self.filters[fc.filter];
@@ -316,32 +371,110 @@ impl Plugin {
                 guest::attach_stream(vm, ctx, stream);
                 guest::on_response_headers(vm, ctx, num_headers, eos)
             });
-            match r {
-                Ok(Ok(action)) => {
-                    if action == Action::Pause {
-                        log::debug(
-                            format!(
-                                "[{}] Pause from proxy_on_response_headers is not supported yet; continuing",
-                                f.name
-                            )
-                            .as_bytes(),
-                        );
+            let resume = match r {
+                Ok(Ok(Action::Pause)) => match take_stream_control(txn) {
+                    Some(StreamControl::Continue) => Resume::Continue,
+                    Some(StreamControl::Close) => Resume::Error,
+                    None => {
+                        state.paused = Some(Paused { phase: Phase::Response, next: i });
+                        return Resume::Parked;
                     }
-                }
+                },
+                Ok(Ok(Action::Continue)) => Resume::Continue,
                 Ok(Err(e)) => {
                     let fc = state.contexts.remove(i);
-                    resume = self.guest_failed(f, fc.lease, "proxy_on_response_headers", &e);
+                    self.guest_failed(f, fc.lease, "proxy_on_response_headers", &e)
                 }
                 Err(e) => {
                     // E.g. the shared VM was poisoned by another transaction meanwhile.
                     let fc = state.contexts.remove(i);
                     f.pool.release(fc.lease);
-                    resume = self.pool_failed(f, "reaching its VM for the response", &e);
+                    self.pool_failed(f, "reaching its VM for the response", &e)
                 }
+            };
+            if resume == Resume::Error {
+                return resume;
             }
         }
-        self.slot.put(txn, state);
-        resume
+        Resume::Continue
+    }
+
+    /// Applies a guest's `proxy_continue_stream` / `proxy_close_stream` to a parked
+    /// transaction: runs the rest of its paused phase and re-enables it. Called only from a
+    /// timer continuation on the transaction's thread, never inside a guest call.
+    fn resume_txn(&self, txn: Txn, control: StreamControl) {
+        let Some(mut state) = self.slot.take(txn) else {
+            return;
+        };
+        let Some(paused) = state.paused.take() else {
+            // Not parked (e.g. continued before it paused): nothing to do.
+            self.slot.put(txn, state);
+            return;
+        };
+        let resume = match (control, paused.phase) {
+            (StreamControl::Close, _) => Resume::Error,
+            (StreamControl::Continue, Phase::Request) => self.run_request_filters(txn, &mut state, paused.next),
+            (StreamControl::Continue, _) => self.run_response_filters(txn, &mut state, paused.next),
+        };
+        let resume = match paused.phase {
+            Phase::Request => self.finish_request_phase(txn, state, resume),
+            _ => {
+                self.slot.put(txn, state);
+                resume
+            }
+        };
+        // The state is stored again before this: re-enabling may run the next hook at once.
+        txn.reenable(resume);
+    }
+
+    /// Starts this thread's timers for the filters whose modules asked for ticks (once per
+    /// thread and filter).
+    fn ensure_timers(&self) {
+        TIMERS_STARTED.with(|started| {
+            let mut started = started.borrow_mut();
+            if started.len() == self.filters.len() {
+                return;
+            }
+            started.resize(self.filters.len(), false);
+            for (i, f) in self.filters.iter().enumerate() {
+                if let Some(period) = f.tick_period
+                    && !started[i]
+                {
+                    started[i] = true;
+                    if !every_on_this_thread::<Timers>(period, i) {
+                        log::error(format!("ats_wasm: filter \"{}\": cannot start its timer", f.name).as_bytes());
+                    }
+                }
+            }
+        });
+    }
+
+    /// One tick of filter `i` on this thread: `proxy_on_tick` of every VM of this thread that
+    /// asked for ticks, then the stream controls those ticks issued.
+    fn tick(&self, i: usize) {
+        let Some(f) = self.filters.get(i) else { return };
+        let pool = f.tick_pool.as_ref().unwrap_or(&f.pool);
+        if f.tick_pool.is_some() {
+            pool.refill(1);
+        }
+        let mut failed = Vec::new();
+        pool.for_each_local(|r, vm| {
+            if vm.store.data().tick_period().is_some()
+                && let Err(e) = guest::on_tick(vm)
+            {
+                failed.push((r, e));
+            }
+        });
+        for (r, e) in failed {
+            pool.poison(r);
+            log::error(
+                format!("ats_wasm: filter \"{}\": proxy_on_tick failed: {}; the VM is replaced", f.name, one_line(&e))
+                    .as_bytes(),
+            );
+        }
+        while let Some((txn, control)) = next_stream_control() {
+            self.resume_txn(txn, control);
+        }
     }
 
     fn close(&self, txn: Txn) {

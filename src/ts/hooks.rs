@@ -93,3 +93,41 @@ impl TxnCont {
         unsafe { sys::TSHttpTxnHookAdd(txn.raw(), hook.id(), self.0) }
     }
 }
+
+/// Handles the events of timers started with [`every_on_this_thread`].
+pub trait TimerHandler: 'static {
+    /// One period elapsed for the timer started with `data`.
+    fn on_timer(data: usize);
+}
+
+unsafe extern "C" fn timer_trampoline<H: TimerHandler>(
+    cont: sys::TSCont,
+    _event: sys::TSEvent,
+    _edata: *mut c_void,
+) -> c_int {
+    // SAFETY: cont is the continuation created in `every_on_this_thread`, whose data is a usize.
+    let data = unsafe { sys::TSContDataGet(cont) } as usize;
+    if catch_unwind(AssertUnwindSafe(|| H::on_timer(data))).is_err() {
+        log::error(b"ats_wasm: internal error (panic) in a timer; it keeps running");
+    }
+    0
+}
+
+/// Calls `H::on_timer(data)` every `period` on the current event thread, for the life of the
+/// process (`TSContScheduleEveryOnThread`). Returns false when the current thread is not an
+/// event thread or ATS refused.
+pub fn every_on_this_thread<H: TimerHandler>(period: std::time::Duration, data: usize) -> bool {
+    let ms = period.as_millis().clamp(1, i64::MAX as u128) as i64;
+    // SAFETY: TSEventThreadSelf is callable from any thread (null when not an event thread);
+    // the continuation gets its own mutex, as ATS requires for scheduled continuations; its
+    // data is a plain integer.
+    unsafe {
+        let thread = sys::TSEventThreadSelf();
+        if thread.is_null() {
+            return false;
+        }
+        let cont = sys::TSContCreate(Some(timer_trampoline::<H>), sys::TSMutexCreate());
+        sys::TSContDataSet(cont, data as *mut c_void);
+        !sys::TSContScheduleEveryOnThread(cont, ms, thread).is_null()
+    }
+}

@@ -23,6 +23,9 @@ pub enum Resume {
     Continue,
     /// `TSHttpTxnReenable(txn, TS_EVENT_HTTP_ERROR)`: ATS answers with an error response.
     Error,
+    /// Not re-enabled now: the transaction waits until someone calls [`Txn::reenable`] later
+    /// (from a continuation on its thread).
+    Parked,
 }
 
 impl Txn {
@@ -40,6 +43,7 @@ impl Txn {
         let ev = match how {
             Resume::Continue => sys::TS_EVENT_HTTP_CONTINUE,
             Resume::Error => sys::TS_EVENT_HTTP_ERROR,
+            Resume::Parked => return,
         };
         // SAFETY: self is a live transaction (type invariant).
         unsafe { sys::TSHttpTxnReenable(self.0, ev) }

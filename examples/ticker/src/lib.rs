@@ -2,10 +2,16 @@
 //! (default 100) and counts ticks in process-wide shared data (`ticker.count`, an 8-byte
 //! little-endian counter updated with compare-and-swap); every response gets `x-ticks: <count>`.
 //!
+//! A request with an `x-hold` header is paused (`Action::Pause`) until the next tick of the
+//! same VM resumes it (`proxy_set_effective_context` + `proxy_continue_stream`); its response
+//! gets `x-held: released`. (In `transaction` isolation ticks run in a separate per-thread VM,
+//! which cannot resume other VMs' requests: don't use `x-hold` there.)
+//!
 //! ```json
 //! {"period_ms": 100}
 //! ```
 
+use std::cell::RefCell;
 use std::time::Duration;
 
 use log::{error, warn};
@@ -14,6 +20,11 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, Status};
 use serde::Deserialize;
 
 const KEY: &str = "ticker.count";
+
+thread_local! {
+    /// Context ids of the requests this VM holds until its next tick.
+    static HELD: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
@@ -62,18 +73,24 @@ impl RootContext for TickerRoot {
         for _ in 0..16 {
             let (n, cas) = read_count(self);
             match self.set_shared_data(KEY, Some(&(n + 1).to_le_bytes()), cas) {
-                Ok(()) => return,
+                Ok(()) => break,
                 Err(Status::CasMismatch) => continue,
                 Err(e) => {
                     warn!("ticker: set_shared_data failed: {e:?}");
-                    return;
+                    break;
                 }
+            }
+        }
+        for ctx in HELD.with(|h| std::mem::take(&mut *h.borrow_mut())) {
+            // The request may be gone already: then the host refuses the context.
+            if proxy_wasm::hostcalls::set_effective_context(ctx).is_ok() {
+                let _ = proxy_wasm::hostcalls::resume_http_request();
             }
         }
     }
 
-    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(TickerHttp))
+    fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(TickerHttp { id, held: false }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -81,14 +98,29 @@ impl RootContext for TickerRoot {
     }
 }
 
-struct TickerHttp;
+struct TickerHttp {
+    id: u32,
+    held: bool,
+}
 
 impl Context for TickerHttp {}
 
 impl HttpContext for TickerHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.get_http_request_header("x-hold").is_some() {
+            HELD.with(|h| h.borrow_mut().push(self.id));
+            self.held = true;
+            return Action::Pause;
+        }
+        Action::Continue
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let (n, _) = read_count(self);
         self.add_http_response_header("x-ticks", &n.to_string());
+        if self.held {
+            self.add_http_response_header("x-held", "released");
+        }
         Action::Continue
     }
 }
