@@ -234,3 +234,23 @@ fn a_paused_request_is_resumed_by_a_tick_and_others_are_not_held() {
     let seen: Vec<String> = ats.origin().seen().into_iter().map(|s| s.path).collect();
     assert_eq!(seen.iter().filter(|p| p.starts_with("/held/")).count(), 8, "every held request reached the origin");
 }
+
+#[test]
+fn writable_properties_change_what_the_origin_sees() {
+    let config = r#"{"=request.path": "/rewritten?by=property", "=request.method": "DELETE", "=request.headers.x-set-by": "property", "request.path": "string"}"#;
+    let ats = Ats::builder()
+        .net_threads(2)
+        .config_file("echo.yaml", yaml("echo", &example_wasm("echo-properties"), config))
+        .plugin(&["echo.yaml"])
+        .start();
+    let r = ats.get("/original");
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = ats.origin().seen();
+    let req = seen.iter().find(|s| s.header("x-set-by") == Some("property")).expect("the origin saw the set header");
+    assert_eq!(req.path, "/rewritten?by=property");
+    assert_eq!(req.method, "DELETE");
+    // request.path reads ATS's pre-remap URL, which includes what filters changed in
+    // READ_REQUEST_HDR (but not what remap rewrote).
+    assert_eq!(r.header("x-prop-request-path"), Some("/rewritten?by=property"));
+    assert!(!ats.diags_log().contains("failed"), "{}", ats.diags_log());
+}

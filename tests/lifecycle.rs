@@ -149,3 +149,58 @@ fn transaction_isolation_serves_concurrent_load_and_survives_traps() {
     }
     assert!(ats.is_running());
 }
+
+fn trap_yaml(extra: &str) -> String {
+    format!(
+        "config:\n  name: \"trap\"\n{extra}  vm_config:\n    code:\n      local:\n        filename: {}\n",
+        example_wasm("oob-trap").display()
+    )
+}
+
+#[test]
+fn response_phase_failures_cost_one_transaction_under_both_policies_and_isolations() {
+    for isolation in ["shared", "transaction"] {
+        for (policy, extra) in [("fail_open", ""), ("fail_closed", "  failure_policy: fail_closed\n")] {
+            let ats = Ats::builder()
+                .net_threads(2)
+                .config_file("trap.yaml", trap_yaml(extra))
+                .plugin(&[
+                    &format!("--isolation={isolation}"),
+                    "--callback-deadline-ms=200",
+                    "--max-memory=16M",
+                    "trap.yaml",
+                ])
+                .start();
+            for kind in ["oob", "unreachable", "loop", "alloc"] {
+                let what = format!("{isolation}/{policy}/{kind}");
+                let started = std::time::Instant::now();
+                let r = ats.try_request("GET", &format!("/rt/{kind}"), &[("x-trap-response", kind)], b"");
+                let took = started.elapsed();
+                match policy {
+                    "fail_open" => {
+                        let r = r.unwrap_or_else(|e| panic!("{what}: {e}"));
+                        assert_eq!(r.status, 200, "{what}: the response goes on without the filter: {r:?}");
+                        assert_eq!(r.header("x-oob-trap"), None, "{what}");
+                    }
+                    _ => {
+                        // The response was already under way: ATS fails it (an error status or a
+                        // closed connection), never the origin's 200 with the filter skipped.
+                        if let Ok(r) = &r {
+                            assert_ne!(r.status, 200, "{what}: fail_closed must not deliver the response: {r:?}");
+                        }
+                    }
+                }
+                if kind == "loop" {
+                    assert!(
+                        took < std::time::Duration::from_millis(2000),
+                        "{what}: the loop is stopped, took {took:?}"
+                    );
+                }
+                let after = ats.get("/after");
+                assert_eq!(after.status, 200, "{what}: later transactions are unaffected");
+                assert_eq!(after.header("x-oob-trap"), Some("alive"), "{what}: {after:?}");
+            }
+            assert!(ats.is_running(), "{isolation}/{policy}: ATS survives");
+        }
+    }
+}

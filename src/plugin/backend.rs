@@ -298,6 +298,27 @@ impl Backend for AtsBackend {
         Ok(())
     }
 
+    fn set_property(&mut self, s: Option<TxnStream>, path: &[&[u8]], value: &[u8]) -> HostResult {
+        let s = s.ok_or(Status::NotFound)?;
+        let (map, key): (MapType, &[u8]) = match path {
+            [b"request", b"path"] => (MapType::RequestHeaders, b":path"),
+            [b"request", b"method"] => (MapType::RequestHeaders, b":method"),
+            [b"request", b"host"] => (MapType::RequestHeaders, b":authority"),
+            [b"request", b"headers", name] => (MapType::RequestHeaders, name),
+            [b"response", b"code"] => {
+                // An integer property: 8-byte little-endian, or its decimal text.
+                let code = match <[u8; 8]>::try_from(value) {
+                    Ok(b) => i64::from_le_bytes(b).to_string(),
+                    Err(_) => String::from_utf8_lossy(value).into_owned(),
+                };
+                return self.map_replace(s, MapType::ResponseHeaders, b":status", code.as_bytes());
+            }
+            [b"response", b"headers", name] => (MapType::ResponseHeaders, name),
+            _ => return Err(Status::NotFound),
+        };
+        self.map_replace(s, map, key, value)
+    }
+
     fn send_local_response(&mut self, s: TxnStream, response: &LocalResponse<'_>) -> HostResult {
         // From the request phase ATS builds the response itself (the origin is not contacted);
         // replacing an origin response's body needs a transform (not yet).

@@ -10,6 +10,9 @@
 //! {"request.path": "string", "source.port": "int", "connection.mtls": "bool", "@vm_id": "int"}
 //! ```
 //!
+//! Entries whose key starts with `=` set a property instead, in the request phase, to the
+//! entry's value as text: `{"=request.path": "/rewritten", "=request.headers.x-set": "v"}`.
+//!
 //! The special entry `@vm_id` calls the host's `vm_id` foreign function instead and returns
 //! the process-unique id of the VM that ran the callback as `x-vm-id` (so tests can see which
 //! VM served a transaction).
@@ -76,8 +79,22 @@ fn decode(kind: &str, v: &[u8]) -> String {
 }
 
 impl HttpContext for Echo {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for (key, value) in self.config.iter() {
+            if let Some(path) = key.strip_prefix('=') {
+                if let Err(e) = proxy_wasm::hostcalls::set_property(path.split('.').collect(), Some(value.as_bytes())) {
+                    error!("echo-properties: set {path}: {e:?}");
+                }
+            }
+        }
+        Action::Continue
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         for (path, kind) in self.config.iter() {
+            if path.starts_with('=') {
+                continue;
+            }
             if path == "@vm_id" {
                 let value = match proxy_wasm::hostcalls::call_foreign_function("vm_id", None) {
                     Ok(Some(v)) => decode(kind, &v),

@@ -11,8 +11,10 @@
 //! | `alloc`       | allocates and touches 1 MiB blocks forever (memory bomb)   |
 //! | anything else | adds request header `x-oob-trap: passed`, continues        |
 //!
-//! On response headers it adds `x-oob-trap: alive` and continues, which shows
-//! that the module (or a fresh instance of it) still serves transactions.
+//! On response headers it does the same for the request header `x-trap-response`, and
+//! otherwise adds response header `x-oob-trap: alive`.
+//! `x-oob-trap: alive` shows that the module (or a fresh instance of it) still
+//! serves transactions.
 
 use core::hint::black_box;
 use core::ptr::{read_volatile, write_volatile};
@@ -44,8 +46,17 @@ impl HttpContext for OobTrap {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.add_http_response_header("x-oob-trap", "alive");
-        Action::Continue
+        // The same failures on demand in the response phase, from `x-trap-response`.
+        match self.get_http_request_header("x-trap-response").as_deref() {
+            Some("oob") => out_of_bounds_read(),
+            Some("unreachable") => core::arch::wasm32::unreachable(),
+            Some("loop") => spin_forever(),
+            Some("alloc") => allocate_forever(),
+            _ => {
+                self.add_http_response_header("x-oob-trap", "alive");
+                Action::Continue
+            }
+        }
     }
 }
 
