@@ -11,7 +11,7 @@ APT_PACKAGES := trafficserver trafficserver-dev libclang-dev rustc-web cargo-web
 	rust-web-src rust-web-llvm lld-22 wasi-libc clang-22 libclang-rt-22-dev-wasm32 \
 	libc++-22-dev-wasm32 curl python3 make
 
-.PHONY: all deps build plugin examples test unit-test integration-test lint demo clean
+.PHONY: all deps build plugin examples test lint demo clean bench
 
 all: build
 
@@ -46,6 +46,12 @@ lint:
 
 demo: deps build
 	examples/demo.sh
+
+# Load benchmark (benches/README.md): ATS without a plugin, with a native plugin and with
+# ats-wasm + add-headers; writes benches/results/latest.{md,png}. DURATION=5 ROUNDS=3 by default.
+bench: deps build
+	$(CARGO) build --release --locked --manifest-path benches/native-plugin/Cargo.toml --target-dir target/native-plugin
+	benches/load.sh
 
 clean:
 	$(CARGO) clean

@@ -13,38 +13,10 @@ for f in "$plugin" "$wasm"; do [ -f "$f" ] || { echo "missing $f: run 'make buil
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ats_port=$(free_port); origin_port=$(free_port)
 
-rm -rf "$demo"; mkdir -p "$demo"/{etc,log,run,cache,bin}
-cp -r /etc/trafficserver/. "$demo/etc/"
-cat > "$demo/runroot.yaml" <<YAML
-prefix: $demo
-exec_prefix: /usr
-bindir: /usr/bin
-sbindir: /usr/sbin
-includedir: /usr/include
-libdir: /usr/lib/trafficserver
-libexecdir: /usr/lib/trafficserver/modules
-sysconfdir: $demo/etc
-datadir: $demo
-localstatedir: $demo
-runtimedir: $demo/run
-logdir: $demo/log
-cachedir: $demo/cache
-YAML
-cat > "$demo/etc/records.config" <<REC
-CONFIG proxy.config.admin.user_id STRING #-1
-CONFIG proxy.config.http.server_ports STRING $ats_port
-CONFIG proxy.config.exec_thread.autoconfig INT 0
-CONFIG proxy.config.exec_thread.limit INT 2
-CONFIG proxy.config.accept_threads INT 0
-CONFIG proxy.config.reverse_proxy.enabled INT 1
-CONFIG proxy.config.url_remap.remap_required INT 1
-CONFIG proxy.config.crash_log_helper STRING NULL
-CONFIG proxy.config.diags.debug.enabled INT 1
-CONFIG proxy.config.diags.debug.tags STRING ats_wasm
-CONFIG proxy.config.log.logging_enabled INT 0
-REC
-echo "$demo/cache 64M" > "$demo/etc/storage.config"
-echo "map / http://127.0.0.1:$origin_port/" > "$demo/etc/remap.config"
+rm -rf "$demo"
+# shellcheck source=examples/runroot.sh
+. "$root/examples/runroot.sh"
+write_runroot "$demo" "$ats_port" 2 "$origin_port" 1
 cp "$wasm" "$demo/etc/add_headers.wasm"
 cp "$root/examples/add-headers/add-headers.yaml" "$demo/etc/add-headers.yaml"
 echo "$plugin add-headers.yaml" > "$demo/etc/plugin.config"
