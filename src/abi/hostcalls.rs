@@ -485,48 +485,8 @@ fn add_proxy_functions<B: Backend>(reg: &mut Registrar<'_, B>) -> wasmtime::Resu
         Ok(())
     });
 
-    // gRPC is not implemented: every call answers UNIMPLEMENTED.
-    proxy!(reg, "proxy_grpc_call", |c,
-                                    _a: i32,
-                                    _b: i32,
-                                    _d: i32,
-                                    _e: i32,
-                                    _f: i32,
-                                    _g: i32,
-                                    _h: i32,
-                                    _i: i32,
-                                    _j: i32,
-                                    _k: i32,
-                                    _l: i32,
-                                    _m: i32| {
-        let _ = &mut c;
-        Err(Status::Unimplemented.into())
-    });
-    proxy!(reg, "proxy_grpc_stream", |c,
-                                      _a: i32,
-                                      _b: i32,
-                                      _d: i32,
-                                      _e: i32,
-                                      _f: i32,
-                                      _g: i32,
-                                      _h: i32,
-                                      _i: i32,
-                                      _j: i32| {
-        let _ = &mut c;
-        Err(Status::Unimplemented.into())
-    });
-    proxy!(reg, "proxy_grpc_send", |c, _a: i32, _b: i32, _d: i32, _e: i32| {
-        let _ = &mut c;
-        Err(Status::Unimplemented.into())
-    });
-    proxy!(reg, "proxy_grpc_cancel", |c, _a: i32| {
-        let _ = &mut c;
-        Err(Status::Unimplemented.into())
-    });
-    proxy!(reg, "proxy_grpc_close", |c, _a: i32| {
-        let _ = &mut c;
-        Err(Status::Unimplemented.into())
-    });
+    // gRPC is not implemented: the proxy_grpc_* imports get the generic stubs of
+    // `linker_for`, which answer UNIMPLEMENTED and warn once per module.
 
     // --- Shared data and queues -------------------------------------------------------------
     proxy!(reg, "proxy_get_shared_data", |c, kp: i32, kl: i32, ret_ptr: i32, ret_len: i32, ret_cas: i32| {
