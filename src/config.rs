@@ -583,6 +583,28 @@ config:
     }
 
     #[test]
+    fn every_example_yaml_parses_and_names_a_module_the_examples_build() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut checked = 0;
+        for dir in std::fs::read_dir(&examples).unwrap() {
+            let dir = dir.unwrap().path();
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for file in entries {
+                let file = file.unwrap().path();
+                if file.extension().is_none_or(|e| e != "yaml") {
+                    continue;
+                }
+                let f = load_filter(&file, Path::new("/etc/ts"), &no_env).unwrap_or_else(|e| panic!("{e}"));
+                assert!(f.unknown_keys.is_empty(), "{}: {:?}", file.display(), f.unknown_keys);
+                let crate_name = dir.file_name().unwrap().to_string_lossy().replace('-', "_");
+                assert_eq!(f.wasm_path, Path::new("/etc/ts").join(format!("{crate_name}.wasm")), "{}", file.display());
+                checked += 1;
+            }
+        }
+        assert!(checked >= 5, "found only {checked} example YAML files");
+    }
+
+    #[test]
     fn load_filter_prefixes_errors_with_the_file() {
         let err = load_filter(Path::new("/nonexistent/x.yaml"), Path::new("/"), &no_env).unwrap_err();
         assert!(err.starts_with("/nonexistent/x.yaml: cannot read: "), "{err}");
