@@ -254,3 +254,39 @@ fn writable_properties_change_what_the_origin_sees() {
     assert_eq!(r.header("x-prop-request-path"), Some("/rewritten?by=property"));
     assert!(!ats.diags_log().contains("failed"), "{}", ats.diags_log());
 }
+
+#[test]
+fn shared_queue_items_reach_the_registering_vm_on_its_own_thread() {
+    let ats = ticker_ats("shared");
+    // Let both net threads create their VMs (each registers the queue; the last one owns it).
+    let port = ats.port();
+    let warm: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = harness::Client::connect(port).expect("connect");
+                for _ in 0..5 {
+                    c.get("/warm", &[]).expect("request");
+                }
+            })
+        })
+        .collect();
+    for w in warm {
+        w.join().unwrap();
+    }
+    for i in 0..5 {
+        let value = format!("item-{i}");
+        let r = ats.request("GET", "/enqueue", &[("x-enqueue", &value)], b"");
+        assert_eq!(r.status, 200);
+        // proxy_on_queue_ready runs on the owning VM's thread, soon after the enqueue.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let seen = ats.get("/check");
+            if seen.header("x-last-dequeued") == Some(value.as_str()) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{value} never reached on_queue_ready: {seen:?}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    assert!(!ats.diags_log().contains("failed"), "{}", ats.diags_log());
+}

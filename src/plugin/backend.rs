@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::properties;
 use crate::abi::types::HostResult;
-use crate::abi::{Backend, LocalResponse, LogLevel, MapType, Status, StreamType};
+use crate::abi::{Backend, LocalResponse, LogLevel, MapType, QueueTarget, Status, StreamType};
 use crate::ts::headers::HeaderMap;
 use crate::ts::log;
 use crate::ts::txn::Txn;
@@ -291,6 +291,10 @@ impl Backend for AtsBackend {
             }
             _ => Err(Status::Unimplemented),
         }
+    }
+
+    fn queue_ready(&mut self, target: QueueTarget) {
+        super::notify_queue(target);
     }
 
     fn set_tick_period(&mut self, _period: Option<Duration>) -> HostResult {

@@ -14,15 +14,15 @@ pub mod backend;
 mod filter;
 pub mod properties;
 
-use std::cell::RefCell;
-use std::sync::OnceLock;
+use std::cell::{Cell, RefCell};
+use std::sync::{Mutex, OnceLock};
 
 use ats_wasm_pool::{EngineOptions, LeasedVm, ModuleCompiler, PoolError, WasmEngine};
 
-use crate::abi::{Action, HostState, MapType, guest};
+use crate::abi::{Action, HostState, MapType, QueueTarget, guest};
 use crate::config;
 use crate::ts::headers::HeaderMap;
-use crate::ts::hooks::{HttpHook, TimerHandler, TxnCont, TxnHandler, every_on_this_thread};
+use crate::ts::hooks::{EventThread, HttpHook, TimerHandler, TxnCont, TxnHandler, every_on_this_thread};
 use crate::ts::log;
 use crate::ts::txn::{Resume, Txn, TxnSlot};
 use backend::{AtsBackend, Phase, StreamControl, TxnStream, next_stream_control, take_stream_control};
@@ -65,6 +65,57 @@ struct Paused {
 thread_local! {
     /// Which filters' timers run on this thread.
     static TIMERS_STARTED: RefCell<Vec<bool>> = const { RefCell::new(Vec::new()) };
+    /// This thread's index in [`THREADS`], once registered.
+    static THREAD_INDEX: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The net threads that have run transactions (and so may own VMs), each with its mailbox of
+/// shared-queue notifications not yet delivered.
+static THREADS: Mutex<Vec<(EventThread, Vec<QueueTarget>)>> = Mutex::new(Vec::new());
+
+fn threads() -> std::sync::MutexGuard<'static, Vec<(EventThread, Vec<QueueTarget>)>> {
+    THREADS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Records the current net thread (once) so shared-queue notifications can reach its VMs.
+fn register_thread() {
+    if THREAD_INDEX.with(Cell::get).is_some() {
+        return;
+    }
+    if let Some(t) = EventThread::current() {
+        let mut all = threads();
+        all.push((t, Vec::new()));
+        THREAD_INDEX.with(|i| i.set(Some(all.len() - 1)));
+    }
+}
+
+/// An item was enqueued on a shared queue: the VM that registered it may live on any thread,
+/// so the notification goes to every known net thread's mailbox, and each thread delivers it
+/// to its own VMs (the registering VM is on exactly one of them).
+pub(crate) fn notify_queue(target: QueueTarget) {
+    let mut all = threads();
+    for (i, (thread, mailbox)) in all.iter_mut().enumerate() {
+        let was_empty = mailbox.is_empty();
+        mailbox.push(target);
+        if was_empty && !thread.run_once::<QueueDelivery>(i) {
+            mailbox.clear();
+        }
+    }
+}
+
+/// Delivers a thread's mailbox of shared-queue notifications; the data is the thread index.
+struct QueueDelivery;
+
+impl TimerHandler for QueueDelivery {
+    fn on_timer(thread: usize) {
+        let targets = match threads().get_mut(thread) {
+            Some((_, mailbox)) => std::mem::take(mailbox),
+            None => return,
+        };
+        if let Some(p) = PLUGIN.get() {
+            p.deliver_queue_ready(&targets);
+        }
+    }
 }
 
 /// The per-thread tick timers; the timer data is the filter's index.
@@ -430,6 +481,7 @@ impl Plugin {
     /// Starts this thread's timers for the filters whose modules asked for ticks (once per
     /// thread and filter).
     fn ensure_timers(&self) {
+        register_thread();
         TIMERS_STARTED.with(|started| {
             let mut started = started.borrow_mut();
             if started.len() == self.filters.len() {
@@ -472,9 +524,47 @@ impl Plugin {
                     .as_bytes(),
             );
         }
+        self.apply_stream_controls();
+    }
+
+    /// Resumes or closes the transactions guests continued or closed during the callbacks
+    /// that just ran on this thread.
+    fn apply_stream_controls(&self) {
         while let Some((txn, control)) = next_stream_control() {
             self.resume_txn(txn, control);
         }
+    }
+
+    /// Runs `proxy_on_queue_ready` in this thread's VMs that registered the queues of
+    /// `targets` (shared VMs and per-thread root VMs; a VM that is gone misses it, and the
+    /// item stays queued).
+    fn deliver_queue_ready(&self, targets: &[QueueTarget]) {
+        for f in &self.filters {
+            for pool in [Some(&f.pool), f.tick_pool.as_ref()].into_iter().flatten() {
+                let mut failed = Vec::new();
+                pool.for_each_local(|r, vm| {
+                    let uid = vm.store.data().vm_uid();
+                    for t in targets.iter().filter(|t| t.vm == uid) {
+                        if let Err(e) = guest::on_queue_ready(vm, t.context_id, t.queue_id) {
+                            failed.push((r, e));
+                            break;
+                        }
+                    }
+                });
+                for (r, e) in failed {
+                    pool.poison(r);
+                    log::error(
+                        format!(
+                            "ats_wasm: filter \"{}\": proxy_on_queue_ready failed: {}; the VM is replaced",
+                            f.name,
+                            one_line(&e)
+                        )
+                        .as_bytes(),
+                    );
+                }
+            }
+        }
+        self.apply_stream_controls();
     }
 
     fn close(&self, txn: Txn) {

@@ -131,3 +131,48 @@ pub fn every_on_this_thread<H: TimerHandler>(period: std::time::Duration, data: 
         !sys::TSContScheduleEveryOnThread(cont, ms, thread).is_null()
     }
 }
+
+/// An ATS event thread (e.g. an `ET_NET` thread), for scheduling work on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventThread(sys::TSEventThread);
+
+// SAFETY: a TSEventThread is an opaque handle that ATS lets any thread schedule onto.
+unsafe impl Send for EventThread {}
+// SAFETY: as above.
+unsafe impl Sync for EventThread {}
+
+impl EventThread {
+    /// The current thread, if it is an ATS event thread.
+    pub fn current() -> Option<Self> {
+        // SAFETY: callable from any thread; null when not an event thread.
+        let t = unsafe { sys::TSEventThreadSelf() };
+        (!t.is_null()).then_some(EventThread(t))
+    }
+
+    /// Runs `H::on_timer(data)` once, soon, on this thread (`TSContScheduleOnThread` with no
+    /// delay). The continuation destroys itself after running. Returns false if ATS refused.
+    pub fn run_once<H: TimerHandler>(self, data: usize) -> bool {
+        // SAFETY: the continuation gets its own mutex, as ATS requires for scheduled
+        // continuations; its data is a plain integer; the trampoline destroys it.
+        unsafe {
+            let cont = sys::TSContCreate(Some(once_trampoline::<H>), sys::TSMutexCreate());
+            sys::TSContDataSet(cont, data as *mut c_void);
+            !sys::TSContScheduleOnThread(cont, 0, self.0).is_null()
+        }
+    }
+}
+
+unsafe extern "C" fn once_trampoline<H: TimerHandler>(
+    cont: sys::TSCont,
+    _event: sys::TSEvent,
+    _edata: *mut c_void,
+) -> c_int {
+    // SAFETY: cont was created by `EventThread::run_once`, whose data is a usize.
+    let data = unsafe { sys::TSContDataGet(cont) } as usize;
+    if catch_unwind(AssertUnwindSafe(|| H::on_timer(data))).is_err() {
+        log::error(b"ats_wasm: internal error (panic) in scheduled work");
+    }
+    // SAFETY: this one-shot continuation is not used again.
+    unsafe { sys::TSContDestroy(cont) };
+    0
+}

@@ -4,7 +4,11 @@
 //!
 //! A request with an `x-hold` header is paused (`Action::Pause`) until the next tick of the
 //! same VM resumes it (`proxy_set_effective_context` + `proxy_continue_stream`); its response
-//! gets `x-held: released`. (In `transaction` isolation ticks run in a separate per-thread VM,
+//! gets `x-held: released`.
+//!
+//! The root context also registers the shared queue `ticker.queue`; a request with
+//! `x-enqueue: <value>` enqueues the value, the registering VM's `proxy_on_queue_ready` dequeues
+//! it into shared data (`ticker.last`), and later responses show it as `x-last-dequeued`. (In `transaction` isolation ticks run in a separate per-thread VM,
 //! which cannot resume other VMs' requests: don't use `x-hold` there.)
 //!
 //! ```json
@@ -20,6 +24,8 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, Status};
 use serde::Deserialize;
 
 const KEY: &str = "ticker.count";
+const QUEUE: &str = "ticker.queue";
+const LAST: &str = "ticker.last";
 
 thread_local! {
     /// Context ids of the requests this VM holds until its next tick.
@@ -59,6 +65,7 @@ impl RootContext for TickerRoot {
         match serde_json::from_slice::<Config>(&raw) {
             Ok(c) => {
                 self.set_tick_period(Duration::from_millis(c.period_ms));
+                self.register_shared_queue(QUEUE);
                 true
             }
             Err(e) => {
@@ -89,6 +96,14 @@ impl RootContext for TickerRoot {
         }
     }
 
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        while let Ok(Some(item)) = self.dequeue_shared_queue(queue_id) {
+            if let Err(e) = self.set_shared_data(LAST, Some(&item), None) {
+                warn!("ticker: set_shared_data failed: {e:?}");
+            }
+        }
+    }
+
     fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(TickerHttp { id, held: false }))
     }
@@ -107,6 +122,17 @@ impl Context for TickerHttp {}
 
 impl HttpContext for TickerHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(value) = self.get_http_request_header("x-enqueue") {
+            let vm_id = self.get_property(vec!["plugin_vm_id"]).unwrap_or_default();
+            match self.resolve_shared_queue(&String::from_utf8_lossy(&vm_id), QUEUE) {
+                Some(q) => {
+                    if let Err(e) = self.enqueue_shared_queue(q, Some(value.as_bytes())) {
+                        warn!("ticker: enqueue failed: {e:?}");
+                    }
+                }
+                None => warn!("ticker: queue {QUEUE} not found"),
+            }
+        }
         if self.get_http_request_header("x-hold").is_some() {
             HELD.with(|h| h.borrow_mut().push(self.id));
             self.held = true;
@@ -120,6 +146,9 @@ impl HttpContext for TickerHttp {
         self.add_http_response_header("x-ticks", &n.to_string());
         if self.held {
             self.add_http_response_header("x-held", "released");
+        }
+        if let (Some(last), _) = self.get_shared_data(LAST) {
+            self.add_http_response_header("x-last-dequeued", &String::from_utf8_lossy(&last));
         }
         Action::Continue
     }
