@@ -229,8 +229,8 @@ fn guest_traps_cost_one_transaction_under_fail_open_and_ats_keeps_serving() {
     for (kind, expect) in [
         ("oob", "out of bounds memory access"),
         ("unreachable", "wasm `unreachable` instruction executed"),
-        ("loop", "interrupt"),
-        ("alloc", "proxy_on_request_headers failed"),
+        ("loop", "proxy_on_request_headers (deadline exceeded) failed"),
+        ("alloc", "proxy_on_request_headers (memory cap reached) failed"),
     ] {
         let started = Instant::now();
         let r = ats.request("GET", &format!("/trap/{kind}"), &[("x-trap", kind)], b"");
@@ -259,6 +259,9 @@ fn guest_traps_cost_one_transaction_under_fail_open_and_ats_keeps_serving() {
             );
         }
     }
+    let diags = ats.diags_log();
+    let traps = diags.lines().filter(|l| l.contains("proxy_on_request_headers (trap) failed")).count();
+    assert_eq!(traps, 2, "oob and unreachable are plain traps, not the deadline or the memory cap:\n{diags}");
     assert!(ats.is_running(), "ATS must survive every trap");
     assert_eq!(ats.pid(), pid);
     assert!(!ats.console().contains("Segmentation fault"), "{}", ats.console());

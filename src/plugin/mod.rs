@@ -31,6 +31,8 @@ use filter::Filter;
 /// Everything the hooks need, set once by [`init`].
 struct Plugin {
     filters: Vec<Filter>,
+    /// The per-VM memory cap (`--max-memory`).
+    max_memory_bytes: usize,
     slot: TxnSlot<TxnState>,
     cont: TxnCont,
     /// Dropped last: its ticker drives every VM's deadline.
@@ -204,7 +206,7 @@ pub fn init(args: &[String]) {
         return;
     };
     let cont = TxnCont::new::<Hooks>();
-    if PLUGIN.set(Plugin { filters, slot, cont, _engine: engine }).is_err() {
+    if PLUGIN.set(Plugin { filters, max_memory_bytes: args.max_memory_bytes, slot, cont, _engine: engine }).is_err() {
         log::error(b"ats_wasm: the plugin was initialized twice; the second configuration is ignored");
         return;
     }
@@ -226,6 +228,25 @@ impl TxnHandler for Hooks {
                 Resume::Continue
             }
         }
+    }
+}
+
+/// The size of a VM's linear memory.
+fn memory_size(vm: &mut guest::ProxyVm<AtsBackend>) -> Option<usize> {
+    let memory = vm.instance.get_memory(&mut vm.store, "memory")?;
+    Some(memory.data_size(&vm.store))
+}
+
+/// Names why a guest callback failed: its deadline (epoch interrupt), the memory cap (the
+/// guest's memory is within one page of `--max-memory`, so its allocator failed and it
+/// aborted), or a trap.
+fn failure_kind(err: &wasmtime::Error, memory: Option<usize>, cap: usize) -> &'static str {
+    if matches!(err.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
+        "deadline exceeded"
+    } else if memory.is_some_and(|m| m + 65536 > cap) {
+        "memory cap reached"
+    } else {
+        "trap"
     }
 }
 
@@ -275,9 +296,11 @@ impl Plugin {
         what: &str,
         err: &wasmtime::Error,
     ) -> Resume {
+        let memory = f.pool.with_leased(&mut lease, |vm| memory_size(vm)).ok().flatten();
         f.pool.poison_leased(&mut lease);
         f.pool.release(lease);
-        self.failed(f, what, err)
+        let why = failure_kind(err, memory, self.max_memory_bytes);
+        self.failed(f, &format!("{what} ({why})"), err)
     }
 
     /// The pool could not give or reach a VM.
