@@ -296,7 +296,7 @@ impl Plugin {
         what: &str,
         err: &wasmtime::Error,
     ) -> Resume {
-        let memory = f.pool.with_leased(&mut lease, |vm| memory_size(vm)).ok().flatten();
+        let memory = f.pool.with_leased(&mut lease, memory_size).ok().flatten();
         f.pool.poison_leased(&mut lease);
         f.pool.release(lease);
         let why = failure_kind(err, memory, self.max_memory_bytes);
