@@ -100,16 +100,36 @@ pub trait TimerHandler: 'static {
     fn on_timer(data: usize);
 }
 
+/// Runs `H::on_timer` with the continuation's data, under `catch_unwind`.
+///
+/// # Safety
+/// `cont` must come from [`scheduled_cont`], whose data is a usize.
+unsafe fn run_scheduled<H: TimerHandler>(cont: sys::TSCont) {
+    // SAFETY: guaranteed by the caller.
+    let data = unsafe { sys::TSContDataGet(cont) } as usize;
+    if catch_unwind(AssertUnwindSafe(|| H::on_timer(data))).is_err() {
+        log::error(b"ats_wasm: internal error (panic) in scheduled work; ATS goes on");
+    }
+}
+
+/// A continuation for scheduling, with its own mutex (ATS requires one for scheduled
+/// continuations) and `data` as its data.
+fn scheduled_cont(func: sys::TSEventFunc, data: usize) -> sys::TSCont {
+    // SAFETY: func has the TSEventFunc signature; the data is a plain integer.
+    unsafe {
+        let cont = sys::TSContCreate(func, sys::TSMutexCreate());
+        sys::TSContDataSet(cont, data as *mut c_void);
+        cont
+    }
+}
+
 unsafe extern "C" fn timer_trampoline<H: TimerHandler>(
     cont: sys::TSCont,
     _event: sys::TSEvent,
     _edata: *mut c_void,
 ) -> c_int {
-    // SAFETY: cont is the continuation created in `every_on_this_thread`, whose data is a usize.
-    let data = unsafe { sys::TSContDataGet(cont) } as usize;
-    if catch_unwind(AssertUnwindSafe(|| H::on_timer(data))).is_err() {
-        log::error(b"ats_wasm: internal error (panic) in a timer; it keeps running");
-    }
+    // SAFETY: cont was created by `every_on_this_thread` through `scheduled_cont`.
+    unsafe { run_scheduled::<H>(cont) };
     0
 }
 
@@ -118,18 +138,12 @@ unsafe extern "C" fn timer_trampoline<H: TimerHandler>(
 /// event thread or ATS refused.
 pub fn every_on_this_thread<H: TimerHandler>(period: std::time::Duration, data: usize) -> bool {
     let ms = period.as_millis().clamp(1, i64::MAX as u128) as i64;
-    // SAFETY: TSEventThreadSelf is callable from any thread (null when not an event thread);
-    // the continuation gets its own mutex, as ATS requires for scheduled continuations; its
-    // data is a plain integer.
-    unsafe {
-        let thread = sys::TSEventThreadSelf();
-        if thread.is_null() {
-            return false;
-        }
-        let cont = sys::TSContCreate(Some(timer_trampoline::<H>), sys::TSMutexCreate());
-        sys::TSContDataSet(cont, data as *mut c_void);
-        !sys::TSContScheduleEveryOnThread(cont, ms, thread).is_null()
-    }
+    let Some(thread) = EventThread::current() else {
+        return false;
+    };
+    let cont = scheduled_cont(Some(timer_trampoline::<H>), data);
+    // SAFETY: cont and thread are valid; the timer lives as long as the process.
+    !unsafe { sys::TSContScheduleEveryOnThread(cont, ms, thread.0) }.is_null()
 }
 
 /// An ATS event thread (e.g. an `ET_NET` thread), for scheduling work on it.
@@ -152,13 +166,9 @@ impl EventThread {
     /// Runs `H::on_timer(data)` once, soon, on this thread (`TSContScheduleOnThread` with no
     /// delay). The continuation destroys itself after running. Returns false if ATS refused.
     pub fn run_once<H: TimerHandler>(self, data: usize) -> bool {
-        // SAFETY: the continuation gets its own mutex, as ATS requires for scheduled
-        // continuations; its data is a plain integer; the trampoline destroys it.
-        unsafe {
-            let cont = sys::TSContCreate(Some(once_trampoline::<H>), sys::TSMutexCreate());
-            sys::TSContDataSet(cont, data as *mut c_void);
-            !sys::TSContScheduleOnThread(cont, 0, self.0).is_null()
-        }
+        let cont = scheduled_cont(Some(once_trampoline::<H>), data);
+        // SAFETY: cont and the thread are valid; the trampoline destroys cont after it ran.
+        !unsafe { sys::TSContScheduleOnThread(cont, 0, self.0) }.is_null()
     }
 }
 
@@ -167,11 +177,8 @@ unsafe extern "C" fn once_trampoline<H: TimerHandler>(
     _event: sys::TSEvent,
     _edata: *mut c_void,
 ) -> c_int {
-    // SAFETY: cont was created by `EventThread::run_once`, whose data is a usize.
-    let data = unsafe { sys::TSContDataGet(cont) } as usize;
-    if catch_unwind(AssertUnwindSafe(|| H::on_timer(data))).is_err() {
-        log::error(b"ats_wasm: internal error (panic) in scheduled work");
-    }
+    // SAFETY: cont was created by `EventThread::run_once` through `scheduled_cont`.
+    unsafe { run_scheduled::<H>(cont) };
     // SAFETY: this one-shot continuation is not used again.
     unsafe { sys::TSContDestroy(cont) };
     0
