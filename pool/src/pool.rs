@@ -528,28 +528,6 @@ impl<T: Send + 'static> VmPool<T> {
         }
     }
 
-    /// Runs `f` with one of this thread's `Shared`-mode VMs (the next one round-robin),
-    /// creating it first if its slot is empty. Does not count as a lease. Kept for callers that
-    /// track VMs by [`VmRef`]; prefer [`VmPool::lease`].
-    pub fn with_any<R>(&self, f: impl FnOnce(VmRef, &mut Vm<T>) -> R) -> Result<R, PoolError> {
-        if self.config.isolation != Isolation::Shared {
-            return Err(PoolError::WrongMode);
-        }
-        let mut tp = self.thread_pool().try_borrow_mut().map_err(|_| PoolError::Busy)?;
-        let tp = &mut *tp;
-        let slot = tp.next % tp.slots.len();
-        tp.next = (slot + 1) % tp.slots.len();
-        if tp.slots[slot].vm.is_none() {
-            add(&tp.home.counters.misses, 1);
-            self.fill_slot(tp, slot)?;
-        }
-        let r = VmRef { thread: tp.home.id, slot: slot as u32, generation: tp.slots[slot].generation };
-        match tp.slots[slot].vm.as_mut() {
-            Some(vm) => Ok(f(r, vm)),
-            None => Err(PoolError::Gone),
-        }
-    }
-
     /// Runs `f` with the `Shared`-mode VM named by `r`, if it still exists and belongs to this
     /// thread.
     pub fn with_vm<R>(&self, r: VmRef, f: impl FnOnce(&mut Vm<T>) -> R) -> Result<R, PoolError> {

@@ -138,18 +138,6 @@ impl Txn {
         unsafe { sys::TSHttpSsnIdGet(sys::TSHttpTxnSsnGet(self.0)) }
     }
 
-    /// Whether the client connection's protocol stack contains `tag` (e.g. `"tls"`, `"h2"`).
-    pub fn client_protocol_contains(self, tag: &std::ffi::CStr) -> bool {
-        // SAFETY: live transaction; tag is NUL-terminated.
-        unsafe { !sys::TSHttpTxnClientProtocolStackContains(self.0, tag.as_ptr()).is_null() }
-    }
-
-    /// Bytes of the client request's body and of the response body sent to the client so far.
-    pub fn body_bytes(self) -> (i64, i64) {
-        // SAFETY: live transaction.
-        unsafe { (sys::TSHttpTxnClientReqBodyBytesGet(self.0), sys::TSHttpTxnClientRespBodyBytesGet(self.0)) }
-    }
-
     /// Header and body bytes of the client request and of the response to the client:
     /// `(request headers, request body, response headers, response body)`.
     pub fn byte_counts(self) -> (i64, i64, i64, i64) {
