@@ -9,7 +9,7 @@ PLUGIN := target/release/libats_wasm.so
 # the C example (see examples/README.md), and what the demo and tests use (curl, python3).
 APT_PACKAGES := trafficserver trafficserver-dev libclang-dev rustc-web cargo-web \
 	rust-web-src rust-web-llvm lld-22 wasi-libc clang-22 libclang-rt-22-dev-wasm32 \
-	libc++-22-dev-wasm32 curl python3 make
+	libc++-22-dev-wasm32 curl openssl python3 make
 
 .PHONY: all deps build plugin examples test lint demo clean bench
 

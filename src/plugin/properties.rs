@@ -165,11 +165,13 @@ pub fn resolve(s: TxnStream, path: &[&[u8]]) -> Option<PropertyValue> {
         [b"destination", b"address"] => address(txn.incoming_addr()),
         [b"destination", b"port"] => port(txn.incoming_addr()),
         [b"connection", b"id"] => Some(PropertyValue::Uint(txn.session_id().max(0) as u64)),
-        [b"connection", b"mtls"] => {
-            // Client certificates are not inspected yet: plain connections are certainly not
-            // mTLS; for TLS ones the answer is unknown.
-            if is_tls(s) { None } else { Some(PropertyValue::Bool(false)) }
-        }
+        // True when the client presented a certificate (ATS verified it, or the handshake
+        // would have failed under `certification_level 2` / `verify_client: STRICT`).
+        [b"connection", b"mtls"] => match txn.tls_client_cert_presented() {
+            Some(presented) => Some(PropertyValue::Bool(presented)),
+            None if is_tls(s) => None,
+            None => Some(PropertyValue::Bool(false)),
+        },
         [b"connection", b"requested_server_name"] => bytes(txn.tls_sni()?),
         [b"connection", b"tls_version"] => tls_version(s),
         [b"upstream", b"address"] => address(txn.server_addr()),

@@ -194,6 +194,32 @@ impl Txn {
         }
     }
 
+    /// Whether the client presented a certificate in the TLS handshake of this transaction's
+    /// connection: `None` for a connection that is not TLS, or when the OpenSSL that ATS runs
+    /// with cannot be asked (it lacks `SSL_get0_peer_certificate`, i.e. is older than 3.0).
+    ///
+    /// ATS only asks clients for certificates when configured to
+    /// (`proxy.config.ssl.client.certification_level` or `verify_client` in `sni.yaml`).
+    /// `TSVConnProvidedSslCert` cannot answer this: for inbound connections it reports on
+    /// ATS's own certificate.
+    pub fn tls_client_cert_presented(self) -> Option<bool> {
+        // SAFETY: live transaction; the client vconn lives as long as its session, and its
+        // SSL object as long as the vconn. SSL_get0_peer_certificate only reads the SSL object
+        // and returns a borrowed pointer that is not kept.
+        unsafe {
+            let vc = sys::TSHttpSsnClientVConnGet(sys::TSHttpTxnSsnGet(self.0));
+            if vc.is_null() || sys::TSVConnIsSsl(vc) == 0 {
+                return None;
+            }
+            let ssl = sys::TSVConnSslConnectionGet(vc);
+            let peer_cert = openssl_get0_peer_certificate()?;
+            if ssl.is_null() {
+                return None;
+            }
+            Some(!peer_cert(ssl as *const c_void).is_null())
+        }
+    }
+
     /// The TLS SNI the client sent, if the client connection is TLS and sent one.
     pub fn tls_sni(self) -> Option<Vec<u8>> {
         // SAFETY: live transaction; the client vconn lives as long as its session. The SNI
@@ -250,4 +276,19 @@ impl<T: 'static> TxnSlot<T> {
         // invariant), and the slot is cleared before returning, so ownership moves back once.
         Some(unsafe { Box::from_raw(p) })
     }
+}
+
+/// `SSL_get0_peer_certificate` of the OpenSSL (3.0 or later) that traffic_server runs with,
+/// looked up once at run time: the plugin does not link OpenSSL itself, and must keep loading
+/// when ATS runs with an OpenSSL that lacks the function.
+fn openssl_get0_peer_certificate() -> Option<unsafe extern "C" fn(*const c_void) -> *const c_void> {
+    static FUNCTION: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let addr = *FUNCTION.get_or_init(|| {
+        // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only looks the symbol up.
+        unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"SSL_get0_peer_certificate".as_ptr()) as usize }
+    });
+    // SAFETY: a non-null address of SSL_get0_peer_certificate, whose C signature is
+    // `X509 *SSL_get0_peer_certificate(const SSL *)`.
+    (addr != 0)
+        .then(|| unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(*const c_void) -> *const c_void>(addr) })
 }
