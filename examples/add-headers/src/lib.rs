@@ -60,6 +60,12 @@ impl Context for AddHeadersRoot {}
 
 impl RootContext for AddHeadersRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        // Format log lines only when the host would keep them: the per-request debug line
+        // below would otherwise be formatted on every request and dropped by the host. (The
+        // host's level is read once per VM; a later change applies to VMs started after it.)
+        if let Ok(level) = proxy_wasm::hostcalls::get_log_level() {
+            proxy_wasm::set_log_level(level);
+        }
         let raw = self.get_plugin_configuration().unwrap_or_default();
         let config = if raw.iter().all(u8::is_ascii_whitespace) {
             Config::defaults()
