@@ -259,8 +259,17 @@ fn guest_traps_cost_one_transaction_under_fail_open_and_ats_keeps_serving() {
             );
         }
     }
+    // A guest panic: the SDK's two-line panic message is one diags.log line, then the trap.
+    let r = ats.request("GET", "/trap/panic", &[("x-trap", "panic")], b"");
+    assert_eq!(r.status, 200, "panic: fail_open lets the request through: {r:?}");
+    assert!(ats.wait_for_diags("oob-trap panics on purpose", Duration::from_secs(5)), "{}", ats.diags_log());
     let diags = ats.diags_log();
-    let traps = diags.lines().filter(|l| l.contains("proxy_on_request_headers (trap) failed")).count();
+    let panic_lines: Vec<&str> = diags.lines().filter(|l| l.contains("panic")).collect();
+    assert!(
+        panic_lines.iter().any(|l| l.contains("panicked at") && l.contains("oob-trap panics on purpose")),
+        "the panic location and message share one line: {panic_lines:#?}"
+    );
+    let traps = diags.lines().filter(|l| l.contains("proxy_on_request_headers (trap) failed")).count() - 1;
     assert_eq!(traps, 2, "oob and unreachable are plain traps, not the deadline or the memory cap:\n{diags}");
     assert!(ats.is_running(), "ATS must survive every trap");
     assert_eq!(ats.pid(), pid);

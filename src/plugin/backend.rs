@@ -184,7 +184,13 @@ impl Backend for AtsBackend {
         line.extend_from_slice(b"ats_wasm: [");
         line.extend_from_slice(filter.as_bytes());
         line.extend_from_slice(b"] ");
-        line.extend_from_slice(msg);
+        // One diags.log line per guest message: a Rust SDK panic message spans lines.
+        for part in msg.trim_ascii_end().split(|&b| b == b'\n').filter(|p| !p.trim_ascii().is_empty()) {
+            if !line.ends_with(b"] ") {
+                line.extend_from_slice(b" | ");
+            }
+            line.extend_from_slice(part.trim_ascii_end());
+        }
         match level {
             LogLevel::Trace | LogLevel::Debug | LogLevel::Info => log::debug(&line),
             LogLevel::Warn => log::warning(&line),

@@ -9,6 +9,7 @@
 //! | `unreachable` | executes `unreachable` (traps)                             |
 //! | `loop`        | spins forever (needs the host's CPU limit to stop it)      |
 //! | `alloc`       | allocates and touches 1 MiB blocks forever (memory bomb)   |
+//! | `panic`       | panics: the SDK logs the (two-line) message, then traps    |
 //! | anything else | adds request header `x-oob-trap: passed`, continues        |
 //!
 //! On response headers it does the same for the request header `x-trap-response`, and
@@ -20,9 +21,11 @@ use core::hint::black_box;
 use core::ptr::{read_volatile, write_volatile};
 
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, LogLevel};
 
 proxy_wasm::main! {{
+    // Installs the SDK's logger and its panic hook, which logs panic messages as Critical.
+    proxy_wasm::set_log_level(LogLevel::Warn);
     proxy_wasm::set_http_context(|_, _| Box::new(OobTrap));
 }}
 
@@ -38,6 +41,7 @@ impl HttpContext for OobTrap {
             Some("unreachable") => core::arch::wasm32::unreachable(),
             Some("loop") => spin_forever(),
             Some("alloc") => allocate_forever(),
+            Some("panic") => panic!("oob-trap panics on purpose"),
             _ => {
                 self.add_http_request_header("x-oob-trap", "passed");
                 Action::Continue
