@@ -38,6 +38,9 @@ pub struct PluginArgs {
     pub callback_deadline_ms: u64,
     /// `--max-memory=SIZE`: the largest linear memory of one VM (default 64M).
     pub max_memory_bytes: usize,
+    /// `--max-vms=N`: how many VMs may exist at once across threads and filters (default
+    /// 1000); each reserves address space for `--max-memory` plus guard pages.
+    pub max_vms: u32,
     /// The filter YAML files, absolute, in command-line order.
     pub yaml_files: Vec<PathBuf>,
 }
@@ -49,6 +52,7 @@ impl Default for PluginArgs {
             isolation: Isolation::Shared,
             callback_deadline_ms: 100,
             max_memory_bytes: 64 << 20,
+            max_vms: 1000,
             yaml_files: Vec::new(),
         }
     }
@@ -56,7 +60,7 @@ impl Default for PluginArgs {
 
 /// The usage line shown with argument errors.
 pub const USAGE: &str = "usage: libats_wasm.so [--pool-size=N] [--isolation=shared] \
-    [--callback-deadline-ms=N] [--max-memory=SIZE] [--metrics-listen=off] FILTER.yaml [FILTER.yaml ...]";
+    [--callback-deadline-ms=N] [--max-memory=SIZE] [--max-vms=N] [--metrics-listen=off] FILTER.yaml [FILTER.yaml ...]";
 
 fn resolve(config_dir: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
@@ -106,6 +110,7 @@ pub fn parse_args(args: &[String], config_dir: &Path) -> Result<PluginArgs, Stri
                         _ => return Err(format!("{flag}: expected a size from 1M to 4G (e.g. 64M), got \"{value}\"")),
                     }
                 }
+                "max-vms" => out.max_vms = parse_number(&flag, value, 1, 20_000)? as u32,
                 "metrics-listen" => {
                     if value != "off" {
                         return Err(format!(
@@ -443,7 +448,9 @@ config:
         assert_eq!(a.pool_size, 1);
         assert_eq!(a.callback_deadline_ms, 100);
         assert_eq!(a.max_memory_bytes, 64 << 20);
+        assert_eq!(a.max_vms, 1000);
         let a = args(&[
+            "--max-vms=50",
             "--pool-size=4",
             "--callback-deadline-ms=250",
             "--max-memory=128M",
@@ -452,6 +459,7 @@ config:
         ])
         .unwrap();
         assert_eq!((a.pool_size, a.callback_deadline_ms, a.max_memory_bytes), (4, 250, 128 << 20));
+        assert_eq!(a.max_vms, 50);
     }
 
     #[test]
@@ -464,6 +472,7 @@ config:
         );
         assert!(args(&["--pool-size=x", "a.yaml"]).unwrap_err().contains("got \"x\""));
         assert!(args(&["--max-memory=12Q", "a.yaml"]).unwrap_err().starts_with("--max-memory: expected a size"));
+        assert!(args(&["--max-vms=0", "a.yaml"]).unwrap_err().starts_with("--max-vms: expected a whole number from 1"));
         assert!(args(&["--isolation=bogus", "a.yaml"]).unwrap_err().contains("got \"bogus\""));
         assert_eq!(args(&["--isolation=transaction", "a.yaml"]).unwrap().isolation, Isolation::Transaction);
         assert!(args(&["--pool-size", "a.yaml"]).unwrap_err().starts_with("--pool-size: missing value"));

@@ -204,3 +204,38 @@ fn response_phase_failures_cost_one_transaction_under_both_policies_and_isolatio
         }
     }
 }
+
+#[test]
+fn max_vms_caps_concurrent_transaction_vms_and_the_excess_fails_open() {
+    // Two VMs in all: with `transaction` isolation every transaction holds one until it closes,
+    // so of 8 concurrent slow requests at most 2 can have the filter; the others go through
+    // without it (fail_open, the default) and ATS keeps serving.
+    let conf = r#"{"request_headers": {"x-filtered": "yes"}, "response_headers": {"x-filtered": "yes"}}"#;
+    let ats = Ats::builder()
+        .net_threads(2)
+        .config_file("a.yaml", add_headers_yaml("capped", conf, &example_wasm("add-headers")))
+        .plugin(&["--isolation=transaction", "--max-vms=2", "a.yaml"])
+        .start();
+    let port = ats.port();
+    let workers: Vec<_> = (0..8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = harness::Client::connect(port).expect("connect");
+                c.get(&format!("/slow/{i}?delay_ms=700"), &[]).expect("request")
+            })
+        })
+        .collect();
+    let responses: Vec<_> = workers.into_iter().map(|w| w.join().expect("worker")).collect();
+    assert!(responses.iter().all(|r| r.status == 200), "{responses:?}");
+    let filtered = responses.iter().filter(|r| r.header("x-filtered") == Some("yes")).count();
+    assert!(filtered <= 2, "at most 2 VMs exist, {filtered} transactions had one");
+    assert!(filtered < 8, "the cap must have refused some transactions");
+    assert!(
+        ats.wait_for_diags("capped", std::time::Duration::from_secs(5)),
+        "a refused VM is reported for the filter:\n{}",
+        ats.diags_log()
+    );
+    // Once the slow transactions closed, VMs are available again.
+    let later = (0..20).map(|i| ats.get(&format!("/after/{i}"))).filter(|r| r.header("x-filtered").is_some()).count();
+    assert!(later > 0, "later transactions get VMs again");
+}

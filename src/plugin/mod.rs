@@ -132,10 +132,6 @@ impl TimerHandler for Timers {
     }
 }
 
-/// VMs (pool slots) the engine can hold at once: net threads × filters × (ready VMs + VMs
-/// leased by concurrent transactions in `transaction` isolation).
-const MAX_INSTANCES: u32 = 1000;
-
 /// Collapses a (possibly multi-line) error into one diags.log line.
 pub(crate) fn one_line(e: &dyn std::fmt::Display) -> String {
     format!("{e:#}").split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ")
@@ -190,7 +186,9 @@ pub fn init(args: &[String]) {
         .unwrap_or(args.callback_deadline_ms);
     let opts = EngineOptions {
         max_memory_bytes: args.max_memory_bytes,
-        max_instances: MAX_INSTANCES,
+        // VMs (pool slots) at once: net threads × filters × (ready VMs + VMs leased by
+        // concurrent transactions in `transaction` isolation).
+        max_instances: args.max_vms,
         epoch_tick: epoch_tick_for(shortest_deadline_ms),
         ..EngineOptions::default()
     };
