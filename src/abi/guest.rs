@@ -2,6 +2,8 @@
 //! callback, each with the right context id, the right effective context and a fresh epoch
 //! deadline. After each callback, contexts that called `proxy_done` are finished.
 
+use std::sync::Arc;
+
 use wasmtime::{Instance, Module, Store, TypedFunc, WasmParams, WasmResults};
 
 use ats_wasm_pool::Vm;
@@ -160,8 +162,8 @@ pub fn initialize<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<()> {
         let st = store.data_mut();
         st.abi = Some(version);
         st.memory = Some(memory);
-        st.allocator = allocator;
-        st.exports = exports.clone();
+        st.allocator = allocator.map(Arc::new);
+        st.exports = Arc::new(exports.clone());
     }
 
     if let Some(init) = typed::<_, (), ()>(store, &instance, "_initialize")? {
@@ -229,10 +231,13 @@ fn enter<B: Backend>(store: &mut Store<HostState<B>>, ctx: u32) {
 fn run<B: Backend, R>(
     vm: &mut ProxyVm<B>,
     ctx: u32,
-    get: impl FnOnce(&GuestExports) -> Option<R>,
-    call: impl FnOnce(&mut Store<HostState<B>>, R) -> wasmtime::Result<i32>,
+    get: impl FnOnce(&GuestExports) -> Option<&R>,
+    call: impl FnOnce(&mut Store<HostState<B>>, &R) -> wasmtime::Result<i32>,
 ) -> wasmtime::Result<Option<i32>> {
-    let Some(f) = get(&vm.store.data().exports) else { return Ok(None) };
+    // A handle on the VM's exports that is not a borrow of the store (cloning a `TypedFunc`
+    // instead would count references on the function type, shared by every thread's VMs).
+    let exports = Arc::clone(&vm.store.data().exports);
+    let Some(f) = get(&exports) else { return Ok(None) };
     let store = &mut vm.store;
     enter(store, ctx);
     let r = call(store, f)?;
@@ -244,8 +249,8 @@ fn run<B: Backend, R>(
 fn run_action<B: Backend, R>(
     vm: &mut ProxyVm<B>,
     ctx: u32,
-    get: impl FnOnce(&GuestExports) -> Option<R>,
-    call: impl FnOnce(&mut Store<HostState<B>>, R) -> wasmtime::Result<i32>,
+    get: impl FnOnce(&GuestExports) -> Option<&R>,
+    call: impl FnOnce(&mut Store<HostState<B>>, &R) -> wasmtime::Result<i32>,
 ) -> wasmtime::Result<Action> {
     Ok(run(vm, ctx, get, call)?.map(Action::from_raw).unwrap_or(Action::Continue))
 }
@@ -256,7 +261,7 @@ pub fn create_stream_context<B: Backend>(vm: &mut ProxyVm<B>, stream: B::Stream)
     let id = next_context_id(vm.store.data_mut());
     let root = vm.store.data().root_context_id;
     register_context(vm.store.data_mut(), id, ContextKind::Stream(Some(stream)));
-    run(vm, id, |e| e.on_context_create.clone(), |s, f| f.call(s, (id as i32, root as i32)).map(|()| 0))?;
+    run(vm, id, |e| e.on_context_create.as_ref(), |s, f| f.call(s, (id as i32, root as i32)).map(|()| 0))?;
     Ok(id)
 }
 
@@ -275,11 +280,18 @@ fn call_headers<B: Backend>(
     end_of_stream: bool,
 ) -> wasmtime::Result<Action> {
     let n = len_arg(num_headers);
-    let get = |e: &GuestExports| if response { e.on_response_headers.clone() } else { e.on_request_headers.clone() };
-    run_action(vm, ctx, get, |s, f| match f {
-        HeadersFn::V1(f) => f.call(s, (ctx as i32, n)),
-        HeadersFn::V2(f) => f.call(s, (ctx as i32, n, end_of_stream as i32)),
-    })
+    fn pick(e: &GuestExports, response: bool) -> Option<&HeadersFn> {
+        if response { e.on_response_headers.as_ref() } else { e.on_request_headers.as_ref() }
+    }
+    run_action(
+        vm,
+        ctx,
+        |e| pick(e, response),
+        |s, f| match f {
+            HeadersFn::V1(f) => f.call(s, (ctx as i32, n)),
+            HeadersFn::V2(f) => f.call(s, (ctx as i32, n, end_of_stream as i32)),
+        },
+    )
 }
 
 /// `proxy_on_request_headers(ctx, num_headers, end_of_stream)` (0.1.0: without `end_of_stream`).
@@ -311,7 +323,7 @@ pub fn on_request_body<B: Backend>(
     eos: bool,
 ) -> wasmtime::Result<Action> {
     let n = len_arg(body_size);
-    run_action(vm, ctx, |e| e.on_request_body.clone(), |s, f| f.call(s, (ctx as i32, n, eos as i32)))
+    run_action(vm, ctx, |e| e.on_request_body.as_ref(), |s, f| f.call(s, (ctx as i32, n, eos as i32)))
 }
 
 /// `proxy_on_response_body(ctx, body_size, end_of_stream)`.
@@ -322,13 +334,13 @@ pub fn on_response_body<B: Backend>(
     eos: bool,
 ) -> wasmtime::Result<Action> {
     let n = len_arg(body_size);
-    run_action(vm, ctx, |e| e.on_response_body.clone(), |s, f| f.call(s, (ctx as i32, n, eos as i32)))
+    run_action(vm, ctx, |e| e.on_response_body.as_ref(), |s, f| f.call(s, (ctx as i32, n, eos as i32)))
 }
 
 /// `proxy_on_request_trailers(ctx, num_trailers)`.
 pub fn on_request_trailers<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, num_trailers: usize) -> wasmtime::Result<Action> {
     let n = len_arg(num_trailers);
-    run_action(vm, ctx, |e| e.on_request_trailers.clone(), |s, f| f.call(s, (ctx as i32, n)))
+    run_action(vm, ctx, |e| e.on_request_trailers.as_ref(), |s, f| f.call(s, (ctx as i32, n)))
 }
 
 /// `proxy_on_response_trailers(ctx, num_trailers)`.
@@ -338,12 +350,12 @@ pub fn on_response_trailers<B: Backend>(
     num_trailers: usize,
 ) -> wasmtime::Result<Action> {
     let n = len_arg(num_trailers);
-    run_action(vm, ctx, |e| e.on_response_trailers.clone(), |s, f| f.call(s, (ctx as i32, n)))
+    run_action(vm, ctx, |e| e.on_response_trailers.as_ref(), |s, f| f.call(s, (ctx as i32, n)))
 }
 
 /// `proxy_on_new_connection(ctx)` for an L4 stream context.
 pub fn on_new_connection<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32) -> wasmtime::Result<Action> {
-    run_action(vm, ctx, |e| e.on_new_connection.clone(), |s, f| f.call(s, ctx as i32))
+    run_action(vm, ctx, |e| e.on_new_connection.as_ref(), |s, f| f.call(s, ctx as i32))
 }
 
 /// `proxy_on_downstream_data(ctx, data_size, end_of_stream)`.
@@ -354,13 +366,13 @@ pub fn on_downstream_data<B: Backend>(
     eos: bool,
 ) -> wasmtime::Result<Action> {
     let n = len_arg(size);
-    run_action(vm, ctx, |e| e.on_downstream_data.clone(), |s, f| f.call(s, (ctx as i32, n, eos as i32)))
+    run_action(vm, ctx, |e| e.on_downstream_data.as_ref(), |s, f| f.call(s, (ctx as i32, n, eos as i32)))
 }
 
 /// `proxy_on_upstream_data(ctx, data_size, end_of_stream)`.
 pub fn on_upstream_data<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, size: usize, eos: bool) -> wasmtime::Result<Action> {
     let n = len_arg(size);
-    run_action(vm, ctx, |e| e.on_upstream_data.clone(), |s, f| f.call(s, (ctx as i32, n, eos as i32)))
+    run_action(vm, ctx, |e| e.on_upstream_data.as_ref(), |s, f| f.call(s, (ctx as i32, n, eos as i32)))
 }
 
 /// `proxy_on_downstream_connection_close(ctx, peer_type)`.
@@ -372,7 +384,7 @@ pub fn on_downstream_connection_close<B: Backend>(
     run(
         vm,
         ctx,
-        |e| e.on_downstream_connection_close.clone(),
+        |e| e.on_downstream_connection_close.as_ref(),
         |s, f| f.call(s, (ctx as i32, peer as i32)).map(|()| 0),
     )?;
     Ok(())
@@ -380,14 +392,14 @@ pub fn on_downstream_connection_close<B: Backend>(
 
 /// `proxy_on_upstream_connection_close(ctx, peer_type)`.
 pub fn on_upstream_connection_close<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, peer: PeerType) -> wasmtime::Result<()> {
-    run(vm, ctx, |e| e.on_upstream_connection_close.clone(), |s, f| f.call(s, (ctx as i32, peer as i32)).map(|()| 0))?;
+    run(vm, ctx, |e| e.on_upstream_connection_close.as_ref(), |s, f| f.call(s, (ctx as i32, peer as i32)).map(|()| 0))?;
     Ok(())
 }
 
 /// `proxy_on_tick(root_context_id)`: the timer set with `proxy_set_tick_period_milliseconds`.
 pub fn on_tick<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<()> {
     let root = vm.store.data().root_context_id;
-    run(vm, root, |e| e.on_tick.clone(), |s, f| f.call(s, root as i32).map(|()| 0))?;
+    run(vm, root, |e| e.on_tick.as_ref(), |s, f| f.call(s, root as i32).map(|()| 0))?;
     Ok(())
 }
 
@@ -400,7 +412,7 @@ pub fn on_queue_ready<B: Backend>(vm: &mut ProxyVm<B>, context_id: u32, queue_id
     run(
         vm,
         context_id,
-        |e| e.on_queue_ready.clone(),
+        |e| e.on_queue_ready.as_ref(),
         |s, f| f.call(s, (context_id as i32, queue_id as i32)).map(|()| 0),
     )?;
     Ok(())
@@ -426,7 +438,7 @@ pub fn on_http_call_response<B: Backend>(
     let r = run(
         vm,
         effective,
-        |e| e.on_http_call_response.clone(),
+        |e| e.on_http_call_response.as_ref(),
         |s, f| f.call(s, (root as i32, token as i32, nh, nb, nt)).map(|()| 0),
     );
     vm.store.data_mut().call_response = None;
@@ -443,7 +455,7 @@ pub fn on_foreign_function<B: Backend>(vm: &mut ProxyVm<B>, function_id: u32, ar
     let r = run(
         vm,
         root,
-        |e| e.on_foreign_function.clone(),
+        |e| e.on_foreign_function.as_ref(),
         |s, f| f.call(s, (root as i32, function_id as i32, n)).map(|()| 0),
     );
     vm.store.data_mut().foreign_args = None;
@@ -467,7 +479,8 @@ pub fn shutdown<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<()> {
 
 fn finish_context<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, detach: bool) -> wasmtime::Result<()> {
     let store = &mut vm.store;
-    let done = match store.data().exports.on_done.clone() {
+    let exports = Arc::clone(&store.data().exports);
+    let done = match &exports.on_done {
         Some(f) => {
             enter(store, ctx);
             f.call(&mut *store, ctx as i32)? != 0
@@ -489,11 +502,12 @@ fn finish_context<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, detach: bool) -> wa
 }
 
 fn log_and_delete<B: Backend>(store: &mut Store<HostState<B>>, ctx: u32) -> wasmtime::Result<()> {
-    if let Some(f) = store.data().exports.on_log.clone() {
+    let exports = Arc::clone(&store.data().exports);
+    if let Some(f) = &exports.on_log {
         enter(store, ctx);
         f.call(&mut *store, ctx as i32)?;
     }
-    if let Some(f) = store.data().exports.on_delete.clone() {
+    if let Some(f) = &exports.on_delete {
         enter(store, ctx);
         f.call(&mut *store, ctx as i32)?;
     }

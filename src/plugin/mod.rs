@@ -22,7 +22,7 @@ use ats_wasm_pool::{EngineOptions, LeasedVm, ModuleCompiler, PoolError, WasmEngi
 
 use crate::abi::{Action, HostState, MapType, QueueTarget, guest};
 use crate::config;
-use crate::ts::headers::HeaderMap;
+use crate::ts::headers::{HeaderMap, WellKnownName};
 use crate::ts::hooks::{EventThread, HttpHook, TimerHandler, TxnCont, TxnHandler, every_on_this_thread};
 use crate::ts::log;
 use crate::ts::txn::{Resume, Txn, TxnSlot};
@@ -284,11 +284,11 @@ fn apply_local_response_headers(h: &HeaderMap, extra: &[(Vec<u8>, Vec<u8>)]) {
 /// `end_of_stream` for a header block: true when no body follows.
 fn no_body(h: &HeaderMap) -> bool {
     let mut v = Vec::new();
-    if h.get(b"transfer-encoding", &mut v) {
+    if h.get_well_known(WellKnownName::TransferEncoding, &mut v) {
         return false;
     }
     v.clear();
-    !h.get(b"content-length", &mut v) || v.iter().all(|&b| b == b'0' || b == b' ')
+    !h.get_well_known(WellKnownName::ContentLength, &mut v) || v.iter().all(|&b| b == b'0' || b == b' ')
 }
 
 impl Plugin {
@@ -342,19 +342,19 @@ impl Plugin {
 
     fn request_headers(&self, txn: Txn) -> Resume {
         self.ensure_timers();
-        let mut state = Box::new(TxnState {
+        let mut state = TxnState {
             contexts: Vec::with_capacity(self.filters.len()),
             local_response_headers: None,
             paused: None,
             hooks_added: false,
-        });
+        };
         let resume = self.run_request_filters(txn, &mut state, 0);
         self.finish_request_phase(txn, state, resume)
     }
 
     /// Stores the transaction's state and adds its later hooks (once), unless no filter has a
     /// context in it.
-    fn finish_request_phase(&self, txn: Txn, mut state: Box<TxnState>, resume: Resume) -> Resume {
+    fn finish_request_phase(&self, txn: Txn, mut state: TxnState, resume: Resume) -> Resume {
         if state.contexts.is_empty() && state.paused.is_none() {
             self.refill();
             return resume;
@@ -428,18 +428,18 @@ impl Plugin {
     }
 
     fn response_headers(&self, txn: Txn) -> Resume {
-        let Some(mut state) = self.slot.take(txn) else {
-            return Resume::Continue;
-        };
-        if let Some(extra) = state.local_response_headers.take()
-            && let Some(h) = txn.client_response()
-        {
-            apply_local_response_headers(&h, &extra);
-        }
-        let n = state.contexts.len();
-        let resume = self.run_response_filters(txn, &mut state, n);
-        self.slot.put(txn, state);
-        resume
+        // In place: the hook returns before the transaction is re-enabled.
+        self.slot
+            .with(txn, |state| {
+                if let Some(extra) = state.local_response_headers.take()
+                    && let Some(h) = txn.client_response()
+                {
+                    apply_local_response_headers(&h, &extra);
+                }
+                let n = state.contexts.len();
+                self.run_response_filters(txn, state, n)
+            })
+            .unwrap_or(Resume::Continue)
     }
 
     /// Runs `proxy_on_response_headers` of the contexts below index `from`, in reverse chain

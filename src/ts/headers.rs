@@ -4,6 +4,28 @@ use std::ffi::c_int;
 
 use super::sys;
 
+/// Header names ATS keeps as well-known strings (`TS_MIME_FIELD_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WellKnownName {
+    /// `Content-Length`.
+    ContentLength,
+    /// `Transfer-Encoding`.
+    TransferEncoding,
+}
+
+impl WellKnownName {
+    fn ats_string(self) -> (*const std::ffi::c_char, c_int) {
+        // SAFETY: ATS sets these exported constants before it loads plugins and never changes
+        // them; they are read by value.
+        unsafe {
+            match self {
+                Self::ContentLength => (sys::TS_MIME_FIELD_CONTENT_LENGTH, sys::TS_MIME_LEN_CONTENT_LENGTH),
+                Self::TransferEncoding => (sys::TS_MIME_FIELD_TRANSFER_ENCODING, sys::TS_MIME_LEN_TRANSFER_ENCODING),
+            }
+        }
+    }
+}
+
 /// An HTTP header (request or response) in an ATS message buffer. Releases its handle on drop.
 pub struct HeaderMap {
     buf: sys::TSMBuffer,
@@ -61,6 +83,16 @@ impl HeaderMap {
         unsafe { sys::TSMimeHdrFieldFind(self.buf, self.loc, name.as_ptr() as *const _, clen(name)) }
     }
 
+    /// Appends the value of field `name` (duplicates joined with `", "`) to `out`; whether the
+    /// field exists. Like [`HeaderMap::get`], but ATS finds a well-known name by its presence
+    /// bits instead of tokenizing a string.
+    pub fn get_well_known(&self, name: WellKnownName, out: &mut Vec<u8>) -> bool {
+        let (p, len) = name.ats_string();
+        // SAFETY: type invariant; p is ATS's own well-known string of len bytes.
+        let field = unsafe { sys::TSMimeHdrFieldFind(self.buf, self.loc, p, len) };
+        self.collect_values(field, out)
+    }
+
     fn release(&self, field: sys::TSMLoc) {
         // SAFETY: field is a handle obtained from this header.
         unsafe {
@@ -79,7 +111,11 @@ impl HeaderMap {
     /// Appends the value of `name` to `out`, all fields of that name joined with `", "`.
     /// Returns whether the field exists.
     pub fn get(&self, name: &[u8], out: &mut Vec<u8>) -> bool {
-        let mut field = self.find(name);
+        self.collect_values(self.find(name), out)
+    }
+
+    /// Appends the values of `field` and its duplicates to `out`, releasing each handle.
+    fn collect_values(&self, mut field: sys::TSMLoc, out: &mut Vec<u8>) -> bool {
         let found = !field.is_null();
         let mut first = true;
         while !field.is_null() {
