@@ -196,7 +196,7 @@ pub fn init(args: &[String]) {
         Ok(e) => e,
         Err(e) => {
             log::error(
-                format!("ats_wasm: cannot create the wasm engine: {}; the plugin is disabled", one_line(&e)).as_bytes(),
+                format!("ats_wasm: {}; the plugin is disabled", one_line(&e)).as_bytes(),
             );
             return;
         }
