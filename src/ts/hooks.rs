@@ -163,6 +163,10 @@ impl EventThread {
         (!t.is_null()).then_some(EventThread(t))
     }
 
+    pub(crate) fn raw(self) -> sys::TSEventThread {
+        self.0
+    }
+
     /// Runs `H::on_timer(data)` once, soon, on this thread (`TSContScheduleOnThread` with no
     /// delay). The continuation destroys itself after running. Returns false if ATS refused.
     pub fn run_once<H: TimerHandler>(self, data: usize) -> bool {
