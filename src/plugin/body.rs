@@ -32,6 +32,7 @@
 use super::backend::{PendingLocalResponse, Phase, TxnStream};
 use super::{FilterCtx, PLUGIN, Plugin, TxnState, no_body};
 use crate::abi::{Action, BufferType, guest};
+use crate::ts::hooks::HttpHook;
 use crate::ts::log;
 use crate::ts::transform::{self, Direction, Output, Transform, TransformEvent, TransformHandler, Upstream};
 use crate::ts::txn::{Resume, Txn};
@@ -81,6 +82,97 @@ pub(crate) struct Flow {
     seen_input: bool,
     /// The output is complete (or aborted): the rest of the input is drained.
     finished: bool,
+    /// Decodes a chunked upload's framing.
+    dechunk: Option<Dechunker>,
+}
+
+/// Where a [`Dechunker`] is in the chunked framing.
+#[derive(Debug, Default, PartialEq)]
+enum Chunking {
+    /// Reading a chunk-size line.
+    #[default]
+    Size,
+    /// Inside a chunk's data, with this many bytes left.
+    Data(u64),
+    /// After a chunk's data, before its CRLF ends.
+    DataEnd,
+    /// Reading trailer lines after the last chunk.
+    Trailer,
+    /// After the final empty line.
+    Done,
+}
+
+/// An incremental decoder of chunked transfer coding (RFC 9112, 7.1): chunk extensions and
+/// trailers are dropped.
+#[derive(Debug, Default)]
+pub(crate) struct Dechunker {
+    state: Chunking,
+    line: Vec<u8>,
+}
+
+impl Dechunker {
+    /// Decodes `input`, appending the data to `out`. `Err` on malformed framing.
+    pub(crate) fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), ()> {
+        while !input.is_empty() {
+            match self.state {
+                Chunking::Data(left) => {
+                    let n = (left as usize).min(input.len());
+                    out.extend_from_slice(&input[..n]);
+                    input = &input[n..];
+                    self.state = if left == n as u64 { Chunking::DataEnd } else { Chunking::Data(left - n as u64) };
+                }
+                Chunking::Done => return Ok(()),
+                _ => {
+                    let (byte, rest) = (input[0], &input[1..]);
+                    input = rest;
+                    if byte != b'\n' {
+                        if self.line.len() > 4096 {
+                            return Err(());
+                        }
+                        self.line.push(byte);
+                        continue;
+                    }
+                    let line = std::mem::take(&mut self.line);
+                    let line = line.strip_suffix(b"\r").unwrap_or(&line);
+                    self.state = match self.state {
+                        Chunking::Size => {
+                            let hex = line.split(|&b| b == b';').next().unwrap_or_default();
+                            let hex = std::str::from_utf8(hex).map_err(|_| ())?.trim();
+                            match u64::from_str_radix(hex, 16).map_err(|_| ())? {
+                                0 => Chunking::Trailer,
+                                n => Chunking::Data(n),
+                            }
+                        }
+                        Chunking::DataEnd if line.is_empty() => Chunking::Size,
+                        Chunking::DataEnd => return Err(()),
+                        Chunking::Trailer if line.is_empty() => Chunking::Done,
+                        _ => Chunking::Trailer,
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Dechunker;
+
+    #[test]
+    fn dechunks_across_any_split() {
+        let encoded = b"5;ext=1\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nx-trailer: 1\r\n\r\n";
+        for split in 1..encoded.len() {
+            let mut d = Dechunker::default();
+            let mut out = Vec::new();
+            for part in encoded.chunks(split) {
+                d.feed(part, &mut out).unwrap();
+            }
+            assert_eq!(out, b"hello 0123456789", "split {split}");
+        }
+        assert!(Dechunker::default().feed(b"zz\r\n", &mut Vec::new()).is_err());
+        assert!(Dechunker::default().feed(b"1\r\nab\r\n", &mut Vec::new()).is_err());
+    }
 }
 
 struct BodyTransform;
@@ -155,7 +247,18 @@ impl Plugin {
                     );
                 }
                 _ => {
-                    let flow = Flow::new(txn, Direction::Request, &request, limit);
+                    // ATS adds `Transfer-Encoding: chunked` to the origin request of a chunked
+                    // upload before the transform gives the exact length; the body goes out
+                    // unchunked with that length, so the header is removed when the request
+                    // is sent.
+                    let mut te = Vec::new();
+                    let chunked = h.get(b"transfer-encoding", &mut te);
+                    if chunked {
+                        self.cont.add_to_txn(txn, HttpHook::SendRequestHdr);
+                    }
+                    let mut flow = Flow::new(txn, Direction::Request, &request, limit);
+                    // ATS hands a request transform a chunked upload still chunk-encoded.
+                    flow.dechunk = chunked.then(Dechunker::default);
                     if Transform::create::<BodyTransform>(txn, Direction::Request, flow).is_none() {
                         log::error(b"ats_wasm: cannot create a request body transform off an event thread");
                     }
@@ -167,6 +270,17 @@ impl Plugin {
             state.bodies.response = Transform::create::<BodyTransform>(txn, Direction::Response, flow);
             let cache_transformed = response.iter().any(|&f| self.filters[f].cache_transformed);
             transform::cache_transformed(txn, cache_transformed);
+        }
+    }
+
+    /// `SEND_REQUEST_HDR` of a request with a request transform: the origin request carries the
+    /// transform's exact `Content-Length`, so it loses the `Transfer-Encoding` ATS added.
+    pub(super) fn send_request_headers(&self, txn: Txn) {
+        if let Some(h) = txn.server_request() {
+            let mut v = Vec::new();
+            if h.get(b"content-length", &mut v) {
+                h.remove(b"transfer-encoding");
+            }
         }
     }
 
@@ -231,6 +345,16 @@ impl Plugin {
         }
         let mut chunk = Vec::new();
         let input = t.read_input(&mut chunk, usize::MAX);
+        if let Some(d) = flow.dechunk.as_mut() {
+            let mut decoded = Vec::with_capacity(chunk.len());
+            if d.feed(&chunk, &mut decoded).is_err() {
+                log::error(b"ats_wasm: malformed chunked request body; the request is aborted");
+                flow.finished = true;
+                t.abort_output();
+                return Upstream::Quiet;
+            }
+            chunk = decoded;
+        }
         let complete = input.complete || input.no_buffer;
         let consumed = if complete {
             Upstream::Complete
@@ -252,8 +376,8 @@ impl Plugin {
             flow.finished = true;
             return consumed;
         }
-        flow.seen_input |= input.bytes > 0;
-        let data = if input.bytes > 0 || (complete && flow.seen_input) {
+        flow.seen_input |= !chunk.is_empty();
+        let data = if !chunk.is_empty() || (complete && flow.seen_input) {
             match self.run_body_chain(flow, state, chunk, complete) {
                 Ok(d) => d,
                 Err(()) => {
@@ -418,6 +542,7 @@ impl Flow {
             held_limit,
             seen_input: false,
             finished: false,
+            dechunk: None,
         }
     }
 }

@@ -236,6 +236,10 @@ impl TxnHandler for Hooks {
         };
         match hook {
             HttpHook::ReadRequestHdr => p.request_headers(txn),
+            HttpHook::SendRequestHdr => {
+                p.send_request_headers(txn);
+                Resume::Continue
+            }
             HttpHook::SendResponseHdr => p.response_headers(txn),
             HttpHook::TxnClose => {
                 p.close(txn);
