@@ -155,26 +155,6 @@ impl Dechunker {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::Dechunker;
-
-    #[test]
-    fn dechunks_across_any_split() {
-        let encoded = b"5;ext=1\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nx-trailer: 1\r\n\r\n";
-        for split in 1..encoded.len() {
-            let mut d = Dechunker::default();
-            let mut out = Vec::new();
-            for part in encoded.chunks(split) {
-                d.feed(part, &mut out).unwrap();
-            }
-            assert_eq!(out, b"hello 0123456789", "split {split}");
-        }
-        assert!(Dechunker::default().feed(b"zz\r\n", &mut Vec::new()).is_err());
-        assert!(Dechunker::default().feed(b"1\r\nab\r\n", &mut Vec::new()).is_err());
-    }
-}
-
 struct BodyTransform;
 
 impl TransformHandler for BodyTransform {
@@ -544,5 +524,25 @@ impl Flow {
             finished: false,
             dechunk: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Dechunker;
+
+    #[test]
+    fn dechunks_across_any_split() {
+        let encoded = b"5;ext=1\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nx-trailer: 1\r\n\r\n";
+        for split in 1..encoded.len() {
+            let mut d = Dechunker::default();
+            let mut out = Vec::new();
+            for part in encoded.chunks(split) {
+                d.feed(part, &mut out).unwrap();
+            }
+            assert_eq!(out, b"hello 0123456789", "split {split}");
+        }
+        assert!(Dechunker::default().feed(b"zz\r\n", &mut Vec::new()).is_err());
+        assert!(Dechunker::default().feed(b"1\r\nab\r\n", &mut Vec::new()).is_err());
     }
 }
