@@ -201,9 +201,9 @@ fn large_bodies_stream_or_buffer_within_their_limit() {
         r#"{"from": "origin", "to": "filter"}"#,
         &["bodies: response", "max_body_bytes: 1M", "failure_policy: fail_closed"],
     );
-    match ats.try_request("GET", &path, &[], b"") {
-        Ok(r) => assert!(r.body.len() < N, "a fail_closed over-limit body must not arrive complete"),
-        Err(_) => {} // the connection was cut mid-body
+    // Either the connection is cut mid-body (an error) or the body arrives short.
+    if let Ok(r) = ats.try_request("GET", &path, &[], b"") {
+        assert!(r.body.len() < N, "a fail_closed over-limit body must not arrive complete");
     }
     assert_eq!(ats.get("/after?body_size=10&fill=origin").body_str(), "filterorig", "ATS keeps serving");
 }
