@@ -32,6 +32,7 @@
 use super::backend::{PendingLocalResponse, Phase, TxnStream};
 use super::{FilterCtx, PLUGIN, Plugin, TxnState, no_body};
 use crate::abi::{Action, BufferType, guest};
+use crate::config::Bodies;
 use crate::ts::hooks::HttpHook;
 use crate::ts::log;
 use crate::ts::transform::{self, Direction, Output, Transform, TransformEvent, TransformHandler, Upstream};
@@ -193,6 +194,9 @@ impl Plugin {
             return;
         }
         state.bodies.installed = true;
+        if self.filters.iter().all(|f| f.bodies == Bodies::None) {
+            return;
+        }
         let wants = |ctx: &&FilterCtx, request: bool| {
             let b = self.filters[ctx.filter].bodies;
             if request { b.request() } else { b.response() }
@@ -304,6 +308,7 @@ impl Plugin {
             // No filter state (cannot happen while the transaction is alive): drain unfiltered.
             flow.stages.iter_mut().for_each(|s| s.passthrough = true);
             let mut empty = TxnState::empty();
+            empty.bodies.response_headers_done = true;
             return self.body_step(t, flow, &mut empty);
         };
         let r = self.body_step(t, flow, &mut state);
