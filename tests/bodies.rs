@@ -110,6 +110,20 @@ fn cache_hits_are_rewritten_and_the_cache_keeps_the_original() {
 }
 
 #[test]
+fn cache_transformed_true_caches_the_filtered_response() {
+    let ats = rewrite_ats(r#"{"from": "origin", "to": "filter"}"#, &["bodies: response", "cache_transformed: true"]);
+    let path = "/cached-t?max_age=600&body_size=30&fill=origin-";
+    let filtered = fill("origin-", 30).replace("origin", "filter");
+    assert_eq!(ats.get(path).body_str(), filtered);
+    std::thread::sleep(Duration::from_millis(300));
+    let count = ats.origin().count();
+    // Unfiltered request, cache hit: what the cache holds is the filtered body.
+    let hit = ats.request("GET", path, &[("x-skip-rewrite", "1")], b"");
+    assert_eq!(hit.body_str(), filtered, "{hit:?}");
+    assert_eq!(ats.origin().count(), count, "a cache hit");
+}
+
+#[test]
 fn request_bodies_are_rewritten_before_the_origin_sees_them() {
     let ats = rewrite_ats(r#"{"from": "origin", "to": "filter-text", "request": true}"#, &["bodies: both"]);
     let body = fill("origin-", 3000);
