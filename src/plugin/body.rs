@@ -85,6 +85,8 @@ pub(crate) struct Flow {
     finished: bool,
     /// Decodes a chunked upload's framing.
     dechunk: Option<Dechunker>,
+    /// The producer was told the input is complete.
+    input_done: bool,
 }
 
 /// Where a [`Dechunker`] is in the chunked framing.
@@ -342,7 +344,8 @@ impl Plugin {
         }
         let complete = input.complete || input.no_buffer;
         let consumed = if complete {
-            Upstream::Complete
+            // Once: the producer is told it is done only the first time.
+            if std::mem::replace(&mut flow.input_done, true) { Upstream::Quiet } else { Upstream::Complete }
         } else if input.bytes > 0 {
             Upstream::Ready
         } else {
@@ -528,6 +531,7 @@ impl Flow {
             seen_input: false,
             finished: false,
             dechunk: None,
+            input_done: false,
         }
     }
 }
