@@ -259,6 +259,7 @@ unsafe extern "C" fn trampoline<H: TransformHandler>(
         let owner = (*slot).owner;
         if EventThread::current() != Some(owner) {
             // Not the transaction's thread: its VMs live there.
+            log::debug(b"body transform event off the transaction's thread; re-scheduled there");
             sys::TSContScheduleOnThread(cont, 0, owner.raw());
             return 0;
         }
