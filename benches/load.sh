@@ -10,7 +10,9 @@
 #   WARMUP [1]          seconds of discarded wrk load on /cached before measuring an instance
 #   CONNECTIONS [50]    wrk connections;  WRK_THREADS [1] wrk threads
 #   NET_THREADS ["1 2"] values of proxy.config.exec_thread.limit
-#   CONFIGS             subset of "none native wasm-shared wasm-transaction" (all by default)
+#   CONFIGS             subset of "none native wasm-shared wasm-transaction wasm-bodies"
+#                       (default: all but wasm-bodies; wasm-bodies = shared + `bodies: response`,
+#                       the cost of a response transform on a header-only filter)
 #   ATS_CPUS, WRK_CPUS, NGINX_CPUS   taskset CPU lists (defaults depend on nproc; "" = unpinned)
 #   KEEP_TMP=1          keep the temporary runroots and nginx prefix
 set -euo pipefail
@@ -53,7 +55,7 @@ for f in "$plugin" "$wasm" "$native" "$yaml"; do
   [ -f "$f" ] || die "missing $f: run 'make bench' (it builds everything first)"
 done
 for c in $CONFIGS; do
-  case $c in none | native | wasm-shared | wasm-transaction) ;; *) die "unknown configuration '$c' in CONFIGS" ;; esac
+  case $c in none | native | wasm-shared | wasm-transaction | wasm-bodies) ;; *) die "unknown configuration '$c' in CONFIGS" ;; esac
 done
 [[ " $CONFIGS " == *" none "* ]] || die "CONFIGS must include 'none' (the baseline of the ratios)"
 
@@ -167,6 +169,11 @@ start_ats() {
       cp "$yaml" "$d/etc/add-headers.yaml"
       echo "$plugin --isolation=${config#wasm-} add-headers.yaml" >"$d/etc/plugin.config"
       ;;
+    wasm-bodies)
+      cp "$wasm" "$d/etc/add_headers.wasm"
+      sed 's/^config:$/config:\n  bodies: response/' "$yaml" >"$d/etc/add-headers.yaml"
+      echo "$plugin --isolation=shared add-headers.yaml" >"$d/etc/plugin.config"
+      ;;
   esac
   setsid "${ats_pin[@]}" traffic_server --run-root="$d/runroot.yaml" </dev/null >"$d/log/console.log" 2>&1 &
   ats_pid=$!
@@ -193,8 +200,11 @@ verify() {
     [ "$want_hdr" = 0 ] || die "$config ($threads net threads): response lacks 'x-wasm-filter: add-headers' — the plugin is not working (see $ats_dir/log/diags.log; KEEP_TMP=1 keeps it)"
   fi
   [ "$body" = "$want_body" ] || die "$config ($threads net threads): the origin saw '$body', expected '$want_body'"
-  if [ "$config" = wasm-transaction ] || [ "$config" = wasm-shared ]; then
-    grep -q "$plugin --isolation=${config#wasm-}" "$ats_dir/etc/plugin.config" || die "$config: plugin.config is wrong"
+  if [ "$config" = wasm-bodies ]; then
+    grep -q '^  bodies: response$' "$ats_dir/etc/add-headers.yaml" || die "$config: add-headers.yaml lacks bodies: response"
+  fi
+  if [ "$config" = wasm-transaction ] || [ "$config" = wasm-shared ] || [ "$config" = wasm-bodies ]; then
+    [ "$config" = wasm-bodies ] || grep -q "$plugin --isolation=${config#wasm-}" "$ats_dir/etc/plugin.config" || die "$config: plugin.config is wrong"
     if grep -i 'ats_wasm' "$ats_dir/log/diags.log" | grep -qiE 'error|disabled|skip'; then
       grep -i ats_wasm "$ats_dir/log/diags.log" >&2
       die "$config: ats-wasm reported a problem in diags.log"

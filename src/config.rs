@@ -130,6 +130,35 @@ pub fn parse_args(args: &[String], config_dir: &Path) -> Result<PluginArgs, Stri
     Ok(out)
 }
 
+/// The default of `config.max_body_bytes`: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Which message bodies a filter filters (`config.bodies`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Bodies {
+    /// No body callbacks (no transform is installed for the filter).
+    #[default]
+    None,
+    /// Request bodies only.
+    Request,
+    /// Response bodies only (also needed for local responses from the response phase).
+    Response,
+    /// Both.
+    Both,
+}
+
+impl Bodies {
+    /// Whether request bodies are filtered.
+    pub fn request(self) -> bool {
+        matches!(self, Bodies::Request | Bodies::Both)
+    }
+
+    /// Whether response bodies are filtered.
+    pub fn response(self) -> bool {
+        matches!(self, Bodies::Response | Bodies::Both)
+    }
+}
+
 /// One filter as configured by its YAML file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FilterConfig {
@@ -149,6 +178,15 @@ pub struct FilterConfig {
     pub isolation: Option<Isolation>,
     /// `config.callback_deadline_ms`: overrides `--callback-deadline-ms` for this filter.
     pub callback_deadline_ms: Option<u64>,
+    /// `config.bodies: none|request|response|both` (default `none`): which bodies the filter's
+    /// body callbacks see (ATS transforms are installed only for those).
+    pub bodies: Bodies,
+    /// `config.max_body_bytes` (default [`DEFAULT_MAX_BODY_BYTES`]): the most body bytes the
+    /// filter may hold buffered; a size such as `1048576`, `512K` or `4M`.
+    pub max_body_bytes: usize,
+    /// `config.cache_transformed` (default false): whether a response the filter's transform
+    /// changed replaces the cached original.
+    pub cache_transformed: bool,
     /// `config.capability_restriction_config.allowed_capabilities`, when given.
     pub allowed_capabilities: Option<Vec<String>>,
     /// `vm_config.runtime`, as written (ats-wasm always runs wasmtime).
@@ -305,6 +343,13 @@ pub fn parse_filter(
             "capability_restriction_config",
             "vm_config",
             "vmConfig",
+            "failure_policy",
+            "pool_size",
+            "isolation",
+            "callback_deadline_ms",
+            "bodies",
+            "max_body_bytes",
+            "cache_transformed",
         ],
         &mut unknown,
     );
@@ -382,6 +427,29 @@ pub fn parse_filter(
         Some(v) => Some(Isolation::parse("config.isolation", &v)?),
     };
 
+    let bodies = match config.string(&["bodies"])?.as_deref() {
+        None | Some("none") => Bodies::None,
+        Some("request") => Bodies::Request,
+        Some("response") => Bodies::Response,
+        Some("both") => Bodies::Both,
+        Some(v) => {
+            return Err(format!(
+                "config.bodies: expected \"none\", \"request\", \"response\" or \"both\", got \"{v}\""
+            ));
+        }
+    };
+    let max_body_bytes = match config.hash.get(&Yaml::String("max_body_bytes".into())) {
+        None => DEFAULT_MAX_BODY_BYTES,
+        Some(Yaml::Integer(n)) if *n >= 1 => *n as usize,
+        Some(Yaml::String(v)) if parse_size(v).is_some_and(|n| n >= 1) => {
+            parse_size(v).unwrap_or(DEFAULT_MAX_BODY_BYTES)
+        }
+        Some(_) => {
+            return Err("config.max_body_bytes: expected a size of at least 1 byte (e.g. 1048576, 512K, 4M)".into());
+        }
+    };
+    let cache_transformed = config.boolean(&["cache_transformed"])?.unwrap_or(false);
+
     let default_name = source.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     Ok(FilterConfig {
         source: source.to_path_buf(),
@@ -392,6 +460,9 @@ pub fn parse_filter(
         pool_size,
         isolation,
         callback_deadline_ms,
+        bodies,
+        max_body_bytes,
+        cache_transformed,
         allowed_capabilities,
         runtime: vm.string(&["runtime"])?,
         vm_id: vm.string(&["vm_id", "vmId"])?.unwrap_or_default(),
@@ -583,6 +654,31 @@ config:
             parse(&format!("config:\n  isolation: none\n{base}")).unwrap_err(),
             "config.isolation: expected \"shared\" or \"transaction\", got \"none\""
         );
+    }
+
+    #[test]
+    fn body_keys_have_defaults_and_are_checked() {
+        let base = "  vm_config:\n    code:\n      local:\n        filename: m.wasm\n";
+        let f = parse(&format!("config:\n{base}")).unwrap();
+        assert_eq!((f.bodies, f.max_body_bytes, f.cache_transformed), (Bodies::None, 1 << 20, false));
+        let f = parse(&format!("config:\n  bodies: response\n  max_body_bytes: 4M\n  cache_transformed: true\n{base}"))
+            .unwrap();
+        assert_eq!((f.bodies, f.max_body_bytes, f.cache_transformed), (Bodies::Response, 4 << 20, true));
+        assert!(f.unknown_keys.is_empty(), "{:?}", f.unknown_keys);
+        assert_eq!(parse(&format!("config:\n  max_body_bytes: 100\n{base}")).unwrap().max_body_bytes, 100);
+        assert!(Bodies::Both.request() && Bodies::Both.response() && !Bodies::Response.request());
+        assert!(parse(&format!("config:\n  bodies: all\n{base}")).unwrap_err().starts_with("config.bodies:"));
+        assert!(
+            parse(&format!("config:\n  max_body_bytes: 0\n{base}")).unwrap_err().starts_with("config.max_body_bytes:")
+        );
+        assert!(
+            parse(&format!("config:\n  max_body_bytes: lots\n{base}"))
+                .unwrap_err()
+                .starts_with("config.max_body_bytes:")
+        );
+        // The per-filter overrides are known keys, not "unknown keys ignored".
+        let f = parse(&format!("config:\n  failure_policy: fail_closed\n  pool_size: 2\n  isolation: shared\n  callback_deadline_ms: 5\n{base}")).unwrap();
+        assert!(f.unknown_keys.is_empty(), "{:?}", f.unknown_keys);
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! The ABI backend over ATS transactions: header maps (with pseudo-headers), properties, local
-//! responses and logging.
+//! responses, the body buffer of a body callback, and logging.
 
 use std::cell::RefCell;
 use std::time::Duration;
 
 use super::properties;
+use crate::abi::buffers::apply_edit;
 use crate::abi::types::HostResult;
-use crate::abi::{Backend, LocalResponse, LogLevel, MapType, QueueTarget, Status, StreamType};
+use crate::abi::{Backend, BufferType, LocalResponse, LogLevel, MapType, QueueTarget, Status, StreamType};
 use crate::ts::headers::HeaderMap;
 use crate::ts::log;
 use crate::ts::txn::Txn;
@@ -18,8 +19,23 @@ pub enum Phase {
     Request,
     /// `SEND_RESPONSE_HDR`: the response to the client is readable and writable too.
     Response,
+    /// `SEND_RESPONSE_HDR` of a transaction whose response body goes through a transform, so
+    /// a local response can replace the body.
+    ResponseTransformed,
+    /// A request body callback (request transform): as `Request`, plus the request body.
+    RequestBody,
+    /// A response body callback (response transform): as `Response` (the headers were sent
+    /// already), plus the response body.
+    ResponseBody,
     /// `TXN_CLOSE`: both readable (for `proxy_on_log`).
     Close,
+}
+
+impl Phase {
+    /// Whether the response to the client exists in this phase.
+    pub fn has_response(self) -> bool {
+        !matches!(self, Phase::Request | Phase::RequestBody)
+    }
 }
 
 /// One transaction in one phase: the ABI's stream handle in ATS.
@@ -36,18 +52,53 @@ pub struct TxnStream {
 pub struct PendingLocalResponse {
     /// The transaction it answers.
     pub txn: Txn,
-    /// Extra headers to put on the response.
+    /// Its status code.
+    pub status: u16,
+    /// Its body.
+    pub body: Vec<u8>,
+    /// Its `Content-Type` (default `text/plain`).
+    pub content_type: Vec<u8>,
+    /// Extra headers to put on the response (without `Content-Type`).
     pub headers: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
+/// The body chunk a body callback works on: everything the filter has buffered so far.
+#[derive(Debug, Default)]
+pub struct BodyBuffer {
+    /// `HttpRequestBody` or `HttpResponseBody`.
+    pub kind: Option<BufferType>,
+    /// The bytes, as the guest may have changed them.
+    pub bytes: Vec<u8>,
+}
+
 /// The ATS backend of one VM. Everything about a transaction lives in the transaction; the
-/// backend only holds local responses between the guest's call and the plugin applying them.
+/// backend only holds local responses between the guest's call and the plugin applying them,
+/// and the body buffer while a body callback runs.
 #[derive(Default)]
 pub struct AtsBackend {
     pending_local: Vec<PendingLocalResponse>,
+    /// Set by the plugin around a body callback ([`AtsBackend::lend_body`]).
+    body: BodyBuffer,
 }
 
 impl AtsBackend {
+    /// Lends `bytes` to the guest as the `kind` body buffer for the next callback.
+    pub fn lend_body(&mut self, kind: BufferType, bytes: Vec<u8>) {
+        self.body = BodyBuffer { kind: Some(kind), bytes };
+    }
+
+    /// Takes the body buffer back after the callback (with the guest's changes).
+    pub fn take_body(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.body).bytes
+    }
+
+    fn body_for(&mut self, buffer: BufferType) -> HostResult<&mut Vec<u8>> {
+        match self.body.kind {
+            Some(k) if k == buffer => Ok(&mut self.body.bytes),
+            _ => Err(Status::NotFound),
+        }
+    }
+
     /// Takes the local response a guest sent for `txn` during the last callback, if any.
     pub fn take_local_response(&mut self, txn: Txn) -> Option<PendingLocalResponse> {
         let i = self.pending_local.iter().position(|p| p.txn == txn)?;
@@ -100,7 +151,7 @@ fn header(s: TxnStream, map: MapType, write: bool) -> HostResult<HeaderMap> {
     }
     match map {
         MapType::RequestHeaders => s.txn.client_request().ok_or(unavailable),
-        MapType::ResponseHeaders if s.phase != Phase::Request => s.txn.client_response().ok_or(unavailable),
+        MapType::ResponseHeaders if s.phase.has_response() => s.txn.client_response().ok_or(unavailable),
         _ => Err(unavailable),
     }
 }
@@ -329,27 +380,64 @@ impl Backend for AtsBackend {
         self.map_replace(s, map, key, value)
     }
 
+    fn buffer_size(&mut self, _s: TxnStream, buffer: BufferType) -> HostResult<usize> {
+        Ok(self.body_for(buffer)?.len())
+    }
+
+    fn buffer_get(
+        &mut self,
+        _s: TxnStream,
+        buffer: BufferType,
+        start: usize,
+        len: usize,
+        out: &mut Vec<u8>,
+    ) -> HostResult {
+        let body = self.body_for(buffer)?;
+        let end = start.saturating_add(len).min(body.len());
+        out.extend_from_slice(body.get(start..end).ok_or(Status::BadArgument)?);
+        Ok(())
+    }
+
+    fn buffer_set(&mut self, _s: TxnStream, buffer: BufferType, start: usize, size: usize, value: &[u8]) -> HostResult {
+        let body = match self.body_for(buffer) {
+            Ok(b) => b,
+            // Writing a buffer the stream does not have now.
+            Err(_) => return Err(Status::BadArgument),
+        };
+        apply_edit(body, start, size, value);
+        Ok(())
+    }
+
     fn send_local_response(&mut self, s: TxnStream, response: &LocalResponse<'_>) -> HostResult {
-        // From the request phase ATS builds the response itself (the origin is not contacted);
-        // replacing an origin response's body needs a transform (not yet).
-        if s.phase != Phase::Request {
+        // From the request phase ATS builds the response itself (the origin is not contacted).
+        // From the response phase the body can only be replaced through the response
+        // transform (`bodies: response|both`); without one the call is unimplemented.
+        if !matches!(s.phase, Phase::Request | Phase::ResponseTransformed | Phase::ResponseBody) {
             return Err(Status::Unimplemented);
         }
         let status =
             u16::try_from(response.status_code).ok().filter(|c| (100..=999).contains(c)).ok_or(Status::BadArgument)?;
-        let mut content_type = "text/plain".to_string();
+        let mut content_type = b"text/plain".to_vec();
         let mut headers = Vec::with_capacity(response.headers.len());
         for (k, v) in response.headers {
             valid_name(k)?;
             if k.eq_ignore_ascii_case(b"content-type") {
-                content_type = String::from_utf8_lossy(v).into_owned();
+                content_type = v.to_vec();
             } else {
                 headers.push((k.to_vec(), v.to_vec()));
             }
         }
-        s.txn.set_local_response(status, response.body, &content_type);
+        if s.phase == Phase::Request {
+            s.txn.set_local_response(status, response.body, &String::from_utf8_lossy(&content_type));
+        }
         self.pending_local.retain(|p| p.txn != s.txn);
-        self.pending_local.push(PendingLocalResponse { txn: s.txn, headers });
+        self.pending_local.push(PendingLocalResponse {
+            txn: s.txn,
+            status,
+            body: response.body.to_vec(),
+            content_type,
+            headers,
+        });
         Ok(())
     }
 }

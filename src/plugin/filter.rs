@@ -8,7 +8,7 @@ use ats_wasm_pool::{Isolation as PoolIsolation, ModuleCompiler, PoolConfig, VmPo
 use super::backend::AtsBackend;
 use super::one_line;
 use crate::abi::{HostState, PluginInfo, guest, linker_for, validate_module};
-use crate::config::{FilterConfig, Isolation, PluginArgs};
+use crate::config::{Bodies, FilterConfig, Isolation, PluginArgs};
 
 /// A loaded filter.
 pub(crate) struct Filter {
@@ -23,6 +23,12 @@ pub(crate) struct Filter {
     /// `transaction` isolation: one long-lived VM per thread that only runs the root context's
     /// timers (transaction VMs live too briefly to tick).
     pub(crate) tick_pool: Option<VmPool<HostState<AtsBackend>>>,
+    /// `config.bodies`: which bodies its body callbacks see.
+    pub(crate) bodies: Bodies,
+    /// `config.max_body_bytes`: the most it may hold buffered.
+    pub(crate) max_body_bytes: usize,
+    /// `config.cache_transformed`: whether its transformed responses replace the cached copy.
+    pub(crate) cache_transformed: bool,
 }
 
 impl Filter {
@@ -82,6 +88,16 @@ impl Filter {
         let tick_pool = (tick_period.is_some() && isolation == PoolIsolation::Transaction)
             .then(|| VmPool::with_config(template.clone(), PoolConfig::new(PoolIsolation::Shared, 1)));
         let pool = VmPool::with_config(template, PoolConfig::new(isolation, pool_size));
-        Ok(Filter { name: cfg.name, fail_open: cfg.fail_open, pool, pool_size, tick_period, tick_pool })
+        Ok(Filter {
+            name: cfg.name,
+            fail_open: cfg.fail_open,
+            pool,
+            pool_size,
+            tick_period,
+            tick_pool,
+            bodies: cfg.bodies,
+            max_body_bytes: cfg.max_body_bytes,
+            cache_transformed: cfg.cache_transformed,
+        })
     }
 }

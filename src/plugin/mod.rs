@@ -11,6 +11,7 @@
 //! thread's pools refill (after the response, so off the request path).
 
 pub mod backend;
+mod body;
 mod filter;
 pub mod properties;
 
@@ -56,6 +57,19 @@ struct TxnState {
     local_response_headers: Option<Vec<(Vec<u8>, Vec<u8>)>>,
     paused: Option<Paused>,
     hooks_added: bool,
+    bodies: body::TxnBodies,
+}
+
+impl TxnState {
+    fn empty() -> Self {
+        TxnState {
+            contexts: Vec::new(),
+            local_response_headers: None,
+            paused: None,
+            hooks_added: false,
+            bodies: body::TxnBodies::default(),
+        }
+    }
 }
 
 /// Where a parked transaction goes on: the phase, and the next filter (request phase: index
@@ -239,6 +253,10 @@ impl TxnHandler for Hooks {
         };
         match hook {
             HttpHook::ReadRequestHdr => p.request_headers(txn),
+            HttpHook::SendRequestHdr => {
+                p.send_request_headers(txn);
+                Resume::Continue
+            }
             HttpHook::SendResponseHdr => p.response_headers(txn),
             HttpHook::TxnClose => {
                 p.close(txn);
@@ -342,12 +360,7 @@ impl Plugin {
 
     fn request_headers(&self, txn: Txn) -> Resume {
         self.ensure_timers();
-        let mut state = TxnState {
-            contexts: Vec::with_capacity(self.filters.len()),
-            local_response_headers: None,
-            paused: None,
-            hooks_added: false,
-        };
+        let mut state = TxnState { contexts: Vec::with_capacity(self.filters.len()), ..TxnState::empty() };
         let resume = self.run_request_filters(txn, &mut state, 0);
         self.finish_request_phase(txn, state, resume)
     }
@@ -363,6 +376,9 @@ impl Plugin {
             state.hooks_added = true;
             self.cont.add_to_txn(txn, HttpHook::SendResponseHdr);
             self.cont.add_to_txn(txn, HttpHook::TxnClose);
+        }
+        if resume == Resume::Continue {
+            self.install_body_transforms(txn, &mut state);
         }
         self.slot.put(txn, state);
         resume
@@ -437,7 +453,12 @@ impl Plugin {
                     apply_local_response_headers(&h, &extra);
                 }
                 let n = state.contexts.len();
-                self.run_response_filters(txn, state, n)
+                let resume = self.run_response_filters(txn, state, n);
+                if resume == Resume::Continue {
+                    // Schedules (never runs) the response body transform.
+                    Self::response_headers_done(state);
+                }
+                resume
             })
             .unwrap_or(Resume::Continue)
     }
@@ -451,7 +472,8 @@ impl Plugin {
             }
             None => (0, true),
         };
-        let stream = TxnStream { txn, phase: Phase::Response };
+        let phase = if state.bodies.has_response_transform() { Phase::ResponseTransformed } else { Phase::Response };
+        let stream = TxnStream { txn, phase };
         let mut i = from.min(state.contexts.len());
         while i > 0 {
             i -= 1;
@@ -460,8 +482,19 @@ impl Plugin {
             let ctx = fc.ctx;
             let r = f.pool.with_leased(&mut fc.lease, |vm| {
                 guest::attach_stream(vm, ctx, stream);
-                guest::on_response_headers(vm, ctx, num_headers, eos)
+                let action = guest::on_response_headers(vm, ctx, num_headers, eos);
+                (action, vm.store.data_mut().backend.take_local_response(txn))
             });
+            let r = match r {
+                Ok((action, Some(local))) if action.is_ok() => {
+                    // A local response (only accepted with a response transform): the later
+                    // response filters do not run.
+                    Self::apply_response_local(txn, state, local);
+                    return Resume::Continue;
+                }
+                Ok((action, _)) => Ok(action),
+                Err(e) => Err(e),
+            };
             let resume = match r {
                 Ok(Ok(Action::Pause)) => match take_stream_control(txn) {
                     Some(StreamControl::Continue) => Resume::Continue,
@@ -510,6 +543,9 @@ impl Plugin {
         let resume = match paused.phase {
             Phase::Request => self.finish_request_phase(txn, state, resume),
             _ => {
+                if resume == Resume::Continue {
+                    Self::response_headers_done(&mut state);
+                }
                 self.slot.put(txn, state);
                 resume
             }

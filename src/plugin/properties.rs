@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::backend::{Phase, TxnStream};
+use super::backend::TxnStream;
 use crate::ts::headers::{HeaderMap, UrlParts};
 
 /// A typed property value, before encoding.
@@ -98,7 +98,7 @@ fn is_tls(s: TxnStream) -> bool {
 pub fn resolve(s: TxnStream, path: &[&[u8]]) -> Option<PropertyValue> {
     let txn = s.txn;
     let req = || txn.client_request();
-    let resp = || if s.phase == Phase::Request { None } else { txn.client_response() };
+    let resp = || if s.phase.has_response() { txn.client_response() } else { None };
     match path {
         [b"request", b"path"] => bytes(request_path(client_url(s)?, true)?),
         [b"request", b"url_path"] => bytes(request_path(client_url(s)?, false)?),

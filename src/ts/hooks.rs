@@ -12,6 +12,8 @@ use super::txn::{Resume, Txn};
 pub enum HttpHook {
     /// The client's request headers have been read (before remap).
     ReadRequestHdr,
+    /// The request headers are about to be sent to the origin.
+    SendRequestHdr,
     /// The response headers are about to be sent to the client (origin or cache).
     SendResponseHdr,
     /// The transaction is closing.
@@ -22,6 +24,7 @@ impl HttpHook {
     fn id(self) -> sys::TSHttpHookID {
         match self {
             HttpHook::ReadRequestHdr => sys::TS_HTTP_READ_REQUEST_HDR_HOOK,
+            HttpHook::SendRequestHdr => sys::TS_HTTP_SEND_REQUEST_HDR_HOOK,
             HttpHook::SendResponseHdr => sys::TS_HTTP_SEND_RESPONSE_HDR_HOOK,
             HttpHook::TxnClose => sys::TS_HTTP_TXN_CLOSE_HOOK,
         }
@@ -30,6 +33,7 @@ impl HttpHook {
     fn from_event(ev: sys::TSEvent) -> Option<Self> {
         Some(match ev {
             sys::TS_EVENT_HTTP_READ_REQUEST_HDR => HttpHook::ReadRequestHdr,
+            sys::TS_EVENT_HTTP_SEND_REQUEST_HDR => HttpHook::SendRequestHdr,
             sys::TS_EVENT_HTTP_SEND_RESPONSE_HDR => HttpHook::SendResponseHdr,
             sys::TS_EVENT_HTTP_TXN_CLOSE => HttpHook::TxnClose,
             _ => return None,
@@ -161,6 +165,10 @@ impl EventThread {
         // SAFETY: callable from any thread; null when not an event thread.
         let t = unsafe { sys::TSEventThreadSelf() };
         (!t.is_null()).then_some(EventThread(t))
+    }
+
+    pub(crate) fn raw(self) -> sys::TSEventThread {
+        self.0
     }
 
     /// Runs `H::on_timer(data)` once, soon, on this thread (`TSContScheduleOnThread` with no

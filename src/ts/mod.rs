@@ -9,4 +9,5 @@ pub mod log;
 pub mod net;
 pub mod plugin;
 pub mod sys;
+pub mod transform;
 pub mod txn;

@@ -56,6 +56,12 @@ impl Txn {
         unsafe { HeaderMap::from_getter(|b, l| sys::TSHttpTxnClientReqGet(self.0, b, l)) }
     }
 
+    /// The request ATS sends to the origin (valid from `SEND_REQUEST_HDR`).
+    pub fn server_request(self) -> Option<HeaderMap> {
+        // SAFETY: live transaction; the getter fills the out-params on success.
+        unsafe { HeaderMap::from_getter(|b, l| sys::TSHttpTxnServerReqGet(self.0, b, l)) }
+    }
+
     /// The response that will be sent to the client (valid from `SEND_RESPONSE_HDR`).
     pub fn client_response(self) -> Option<HeaderMap> {
         // SAFETY: as above.

@@ -159,8 +159,10 @@ struct OriginShared {
 /// query has `max_age=N`, else `Cache-Control: no-store`; `Content-Type: text/plain`;
 /// `X-Origin-Count: <n>` (the request's sequence number, 1-based); body = the request head
 /// exactly as received (request line, header lines and the blank line), or `body_size=N` bytes
-/// of `x`. `Content-Length` is always sent, except for 1xx/204/304 which have no body; a HEAD
-/// gets the headers only. Also understood: `delay_ms=N` (sleep before answering) and
+/// of `x` (or of the text `fill=T` repeated), or with `echo_body=1` the request's body.
+/// `Content-Length` is sent, except for 1xx/204/304 which have no body, and with `chunked=N`,
+/// which sends the body chunked, N bytes per chunk, each chunk written and flushed on its own;
+/// a HEAD gets the headers only. Also understood: `delay_ms=N` (sleep before answering) and
 /// `header=Name:Value` (repeatable, percent-decoded; adds a response header).
 ///
 /// Requests whose path starts with `/__ready` (the harness' readiness probes) get an answer but
@@ -283,6 +285,7 @@ fn origin_serve_conn(stream: TcpStream, shared: &OriginShared) -> io::Result<()>
         let query = parse_query(&path);
         let q = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         let is_probe = path.starts_with("/__ready");
+        let echoed = q("echo_body").map(|_| body.clone());
 
         let seq = if is_probe {
             0
@@ -296,10 +299,13 @@ fn origin_serve_conn(stream: TcpStream, shared: &OriginShared) -> io::Result<()>
         if let Some(ms) = q("delay_ms").and_then(|s| s.parse::<u64>().ok()) {
             thread::sleep(Duration::from_millis(ms));
         }
+        let fill = q("fill").unwrap_or("x").as_bytes().to_vec();
         let resp_body: Vec<u8> = match q("body_size").and_then(|s| s.parse::<usize>().ok()) {
-            Some(n) => vec![b'x'; n],
+            Some(n) => fill.iter().copied().cycle().take(if fill.is_empty() { 0 } else { n }).collect(),
+            None if echoed.is_some() => echoed.unwrap_or_default(),
             None => head.clone(),
         };
+        let chunk_size = q("chunked").and_then(|s| s.parse::<usize>().ok()).filter(|&n| n > 0);
         let no_body = (100..200).contains(&status) || status == 204 || status == 304;
 
         let mut out = format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status));
@@ -316,7 +322,9 @@ fn origin_serve_conn(stream: TcpStream, shared: &OriginShared) -> io::Result<()>
                 out.push_str(&format!("{}: {}\r\n", name.trim(), value.trim()));
             }
         }
-        if !no_body {
+        if !no_body && chunk_size.is_some() {
+            out.push_str("Transfer-Encoding: chunked\r\n");
+        } else if !no_body {
             out.push_str(&format!("Content-Length: {}\r\n", resp_body.len()));
         }
         if close {
@@ -324,10 +332,28 @@ fn origin_serve_conn(stream: TcpStream, shared: &OriginShared) -> io::Result<()>
         }
         out.push_str("\r\n");
         let mut bytes = out.into_bytes();
-        if !no_body && !method.eq_ignore_ascii_case("HEAD") {
-            bytes.extend_from_slice(&resp_body);
+        let with_body = !no_body && !method.eq_ignore_ascii_case("HEAD");
+        match chunk_size {
+            Some(n) if with_body => {
+                // One write (and flush) per chunk, so the proxy sees them arrive separately.
+                writer.write_all(&bytes)?;
+                writer.flush()?;
+                for c in resp_body.chunks(n) {
+                    let mut framed = format!("{:x}\r\n", c.len()).into_bytes();
+                    framed.extend_from_slice(c);
+                    framed.extend_from_slice(b"\r\n");
+                    writer.write_all(&framed)?;
+                    writer.flush()?;
+                }
+                writer.write_all(b"0\r\n\r\n")?;
+            }
+            _ => {
+                if with_body {
+                    bytes.extend_from_slice(&resp_body);
+                }
+                writer.write_all(&bytes)?;
+            }
         }
-        writer.write_all(&bytes)?;
         writer.flush()?;
         if close {
             let _ = writer.shutdown(Shutdown::Write);

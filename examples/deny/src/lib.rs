@@ -5,6 +5,10 @@
 //! ```json
 //! {"path_prefixes": ["/admin"], "user_agents": ["perl"], "status": 403, "body": "denied\n"}
 //! ```
+//!
+//! With `"phase": "response"` it decides the same way but answers from
+//! `on_http_response_headers`, replacing the origin's (or the cache's) response; in ATS that
+//! needs `bodies: response` in the filter's YAML (the body is replaced by a transform).
 
 use std::rc::Rc;
 
@@ -41,6 +45,10 @@ struct Config {
     /// The local response's body.
     #[serde(default = "default_body")]
     body: String,
+    /// `"request"` (default): answer from the request headers; `"response"`: from the
+    /// response headers.
+    #[serde(default)]
+    phase: Option<String>,
 }
 
 #[derive(Default)]
@@ -66,7 +74,7 @@ impl RootContext for DenyRoot {
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Deny { config: self.config.clone()? }))
+        Some(Box::new(Deny { config: self.config.clone()?, why: None }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -76,6 +84,14 @@ impl RootContext for DenyRoot {
 
 struct Deny {
     config: Rc<Config>,
+    /// Response phase: why the request is to be denied.
+    why: Option<String>,
+}
+
+impl Deny {
+    fn deny(&self, why: &str) {
+        self.send_http_response(self.config.status, vec![("x-denied-by", why)], Some(self.config.body.as_bytes()));
+    }
 }
 
 impl Context for Deny {}
@@ -92,7 +108,21 @@ impl HttpContext for Deny {
             return Action::Continue;
         };
         info!("deny: {path} denied by {why}");
-        self.send_http_response(self.config.status, vec![("x-denied-by", &why)], Some(self.config.body.as_bytes()));
+        if self.config.phase.as_deref() == Some("response") {
+            self.why = Some(why);
+            return Action::Continue;
+        }
+        self.deny(&why);
         Action::Pause
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        match self.why.take() {
+            Some(why) => {
+                self.deny(&why);
+                Action::Pause
+            }
+            None => Action::Continue,
+        }
     }
 }
