@@ -209,9 +209,7 @@ pub fn init(args: &[String]) {
     let engine = match WasmEngine::new(&opts) {
         Ok(e) => e,
         Err(e) => {
-            log::error(
-                format!("ats_wasm: {}; the plugin is disabled", one_line(&e)).as_bytes(),
-            );
+            log::error(format!("ats_wasm: {}; the plugin is disabled", one_line(&e)).as_bytes());
             return;
         }
     };
