@@ -41,13 +41,27 @@ pub struct PendingLocalResponse {
 }
 
 /// The ATS backend of one VM. Everything about a transaction lives in the transaction; the
-/// backend only holds local responses between the guest's call and the plugin applying them.
+/// backend only holds local responses between the guest's call and the plugin applying them,
+/// and what HTTP calls need: the filter's `upstreams:` and the VM's id.
 #[derive(Default)]
 pub struct AtsBackend {
     pending_local: Vec<PendingLocalResponse>,
+    upstreams: std::sync::Arc<[(String, crate::config::Upstream)]>,
+    vm: u64,
 }
 
 impl AtsBackend {
+    /// A backend for a VM of a filter with these `upstreams:`; the VM's id
+    /// ([`crate::abi::HostState::vm_uid`]) is set with [`AtsBackend::set_vm`].
+    pub fn new(upstreams: std::sync::Arc<[(String, crate::config::Upstream)]>) -> Self {
+        AtsBackend { pending_local: Vec::new(), upstreams, vm: 0 }
+    }
+
+    /// Records the id of the VM this backend belongs to (where call responses go).
+    pub fn set_vm(&mut self, vm: u64) {
+        self.vm = vm;
+    }
+
     /// Takes the local response a guest sent for `txn` during the last callback, if any.
     pub fn take_local_response(&mut self, txn: Txn) -> Option<PendingLocalResponse> {
         let i = self.pending_local.iter().position(|p| p.txn == txn)?;
@@ -300,6 +314,10 @@ impl Backend for AtsBackend {
     fn set_tick_period(&mut self, _period: Option<Duration>) -> HostResult {
         // The period is kept in the VM's host state; the plugin's per-thread timer reads it.
         Ok(())
+    }
+
+    fn http_call(&mut self, s: Option<TxnStream>, req: &crate::abi::HttpCallRequest<'_>) -> HostResult {
+        super::http_call::dispatch(&self.upstreams, self.vm, s, req)
     }
 
     fn set_property(&mut self, s: Option<TxnStream>, path: &[&[u8]], value: &[u8]) -> HostResult {

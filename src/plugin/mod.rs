@@ -12,6 +12,7 @@
 
 pub mod backend;
 mod filter;
+mod http_call;
 pub mod properties;
 
 use std::cell::{Cell, RefCell};
@@ -227,6 +228,10 @@ impl TxnHandler for Hooks {
                 p.close(txn);
                 Resume::Continue
             }
+            HttpHook::SendRequestHdr => {
+                http_call::call_request_leaving(txn);
+                Resume::Continue
+            }
         }
     }
 }
@@ -324,6 +329,11 @@ impl Plugin {
     }
 
     fn request_headers(&self, txn: Txn) -> Resume {
+        if txn.is_internal() {
+            // Our own HTTP calls, and other plugins' internal requests: no filters.
+            http_call::internal_request(txn, self.cont);
+            return Resume::Continue;
+        }
         self.ensure_timers();
         let mut state = Box::new(TxnState {
             contexts: Vec::with_capacity(self.filters.len()),
@@ -591,6 +601,8 @@ impl Plugin {
     }
 
     fn close(&self, txn: Txn) {
+        // Calls still in flight: their responses will be dropped.
+        let calls = Self::forget_calls(txn);
         let Some(state) = self.slot.take(txn) else {
             return;
         };
@@ -599,6 +611,11 @@ impl Plugin {
             let f = &self.filters[fc.filter];
             let ctx = fc.ctx;
             let r = f.pool.with_leased(&mut fc.lease, |vm| {
+                let st = vm.store.data_mut();
+                let uid = st.vm_uid();
+                for (_, token) in calls.iter().filter(|(vm, _)| *vm == uid) {
+                    st.cancel_http_call(*token);
+                }
                 guest::attach_stream(vm, ctx, stream);
                 guest::finish_stream_context(vm, ctx)
             });

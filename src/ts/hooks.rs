@@ -16,6 +16,8 @@ pub enum HttpHook {
     SendResponseHdr,
     /// The transaction is closing.
     TxnClose,
+    /// The request is about to be sent to the origin.
+    SendRequestHdr,
 }
 
 impl HttpHook {
@@ -24,6 +26,7 @@ impl HttpHook {
             HttpHook::ReadRequestHdr => sys::TS_HTTP_READ_REQUEST_HDR_HOOK,
             HttpHook::SendResponseHdr => sys::TS_HTTP_SEND_RESPONSE_HDR_HOOK,
             HttpHook::TxnClose => sys::TS_HTTP_TXN_CLOSE_HOOK,
+            HttpHook::SendRequestHdr => sys::TS_HTTP_SEND_REQUEST_HDR_HOOK,
         }
     }
 
@@ -32,6 +35,7 @@ impl HttpHook {
             sys::TS_EVENT_HTTP_READ_REQUEST_HDR => HttpHook::ReadRequestHdr,
             sys::TS_EVENT_HTTP_SEND_RESPONSE_HDR => HttpHook::SendResponseHdr,
             sys::TS_EVENT_HTTP_TXN_CLOSE => HttpHook::TxnClose,
+            sys::TS_EVENT_HTTP_SEND_REQUEST_HDR => HttpHook::SendRequestHdr,
             _ => return None,
         })
     }
@@ -161,6 +165,10 @@ impl EventThread {
         // SAFETY: callable from any thread; null when not an event thread.
         let t = unsafe { sys::TSEventThreadSelf() };
         (!t.is_null()).then_some(EventThread(t))
+    }
+
+    pub(crate) fn raw(self) -> sys::TSEventThread {
+        self.0
     }
 
     /// Runs `H::on_timer(data)` once, soon, on this thread (`TSContScheduleOnThread` with no

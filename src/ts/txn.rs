@@ -55,6 +55,12 @@ impl Txn {
         unsafe { HeaderMap::from_getter(|b, l| sys::TSHttpTxnClientReqGet(self.0, b, l)) }
     }
 
+    /// The request ATS sends to the origin (valid at `SEND_REQUEST_HDR`).
+    pub fn server_request(self) -> Option<HeaderMap> {
+        // SAFETY: live transaction; the getter fills the out-params on success.
+        unsafe { HeaderMap::from_getter(|b, l| sys::TSHttpTxnServerReqGet(self.0, b, l)) }
+    }
+
     /// The response that will be sent to the client (valid from `SEND_RESPONSE_HDR`).
     pub fn client_response(self) -> Option<HeaderMap> {
         // SAFETY: as above.
@@ -209,6 +215,23 @@ impl Txn {
                 return None;
             }
             Some(std::slice::from_raw_parts(p as *const u8, len as usize).to_vec())
+        }
+    }
+
+    /// Whether this transaction was started from inside ATS (`TSHttpConnect`, e.g. a fetch of
+    /// a plugin — our own HTTP calls among them) rather than by a client.
+    pub fn is_internal(self) -> bool {
+        // SAFETY: live transaction.
+        unsafe { sys::TSHttpTxnIsInternal(self.0) != 0 }
+    }
+
+    /// Sends this transaction's request where its (absolute) URL says, without remap and
+    /// without the cache (`TSSkipRemappingSet`, `proxy.config.http.cache.http` = 0 for it).
+    pub fn bypass_remap_and_cache(self) {
+        // SAFETY: live transaction, before remap (READ_REQUEST_HDR).
+        unsafe {
+            sys::TSSkipRemappingSet(self.0, 1);
+            sys::TSHttpTxnConfigIntSet(self.0, sys::TS_CONFIG_HTTP_CACHE_HTTP, 0);
         }
     }
 
