@@ -8,8 +8,9 @@ mod harness;
 use std::path::Path;
 #[allow(unused_imports)]
 use std::time as _unused_time;
+use std::time::{Duration, Instant};
 
-use harness::{Ats, example_wasm};
+use harness::{Ats, Client, example_wasm, free_port};
 
 fn yaml(name: &str, wasm: &Path, configuration: &str, upstreams: &[(&str, String)]) -> String {
     let mut ups = String::new();
@@ -66,4 +67,215 @@ fn auth_call_lets_good_tokens_through_and_denies_the_rest() {
         // Denied requests never reach the origin's /page.
         assert_eq!(seen.iter().filter(|s| s.path == "/page").count(), 1, "{isolation}: {seen:?}");
     }
+}
+
+#[test]
+fn auth_call_fails_closed_when_the_service_is_down_or_too_slow() {
+    // Nothing listens on the auth port: the call fails (ATS's own 502 is not an answer).
+    let ats = auth_ats("shared", "", 2000, Some(format!("127.0.0.1:{}", free_port())));
+    let r = ats.request("GET", "/page", &[("Authorization", "Bearer good")], b"");
+    assert_eq!((r.status, r.header("x-auth")), (403, Some("unavailable")), "{r:?}\n{}", ats.failure_report());
+    drop(ats);
+
+    // The service answers after 3 s; the call's timeout is 300 ms.
+    let delay = Duration::from_millis(3000);
+    let ats = auth_ats("transaction", "&delay_ms=3000", 300, None);
+    let t = Instant::now();
+    let r = ats.request("GET", "/page", &[("Authorization", "Bearer good")], b"");
+    let took = t.elapsed();
+    assert_eq!((r.status, r.header("x-auth")), (403, Some("unavailable")), "{r:?}");
+    assert!(took >= Duration::from_millis(300) && took < delay / 2, "answered after {took:?}");
+    // ATS keeps serving once the late answer arrived and was dropped.
+    std::thread::sleep(delay);
+    let r = ats.request("GET", "/page", &[("Authorization", "Bearer good")], b"");
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(ats.is_running());
+}
+
+/// ATS with the `call-probe` module; its `origin` cluster is the harness origin.
+fn probe_ats(isolation: &str, configuration: &str) -> Ats {
+    let b = Ats::builder().net_threads(2);
+    let origin = format!("127.0.0.1:{}", b.origin_port());
+    b.config_file("probe.yaml", yaml("call-probe", &example_wasm("call-probe"), configuration, &[("origin", origin)]))
+        .plugin(&[&format!("--isolation={isolation}"), "probe.yaml"])
+        .start()
+}
+
+#[test]
+fn call_response_headers_body_and_status_are_readable_in_both_isolations() {
+    for isolation in ["shared", "transaction"] {
+        let ats = probe_ats(isolation, "{}");
+        let r = ats.request(
+            "GET",
+            "/client",
+            &[("x-call-paths", "/called?status=203&header=X-Test:hello"), ("x-call-read-header", "x-test")],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{isolation}: {r:?}\n{}", ats.failure_report());
+        assert_eq!(r.header("x-call-status"), Some("203"), "{r:?}");
+        assert_eq!(r.header("x-call-header"), Some("hello"), "{r:?}");
+        assert_eq!(r.header("x-call-trailers"), Some("0"), "{r:?}");
+        // :status, Cache-Control, Content-Type, X-Origin-Count, X-Test, Content-Length at least.
+        let n: usize = r.header("x-call-num-headers").unwrap().parse().unwrap();
+        assert!(n >= 6, "{r:?}");
+        // The body is what the origin saw of the call: its request line and the probe's header.
+        let body = r.header("x-call-body").unwrap();
+        assert!(body.starts_with("GET /called?status=203&header=X-Test:hello HTTP/1.1|"), "{body}");
+        assert!(body.contains("x-probe: 1"), "{body}");
+        let size: usize = r.header("x-call-body-size").unwrap().parse().unwrap();
+        let seen = ats.origin().seen();
+        let called = seen.iter().find(|s| s.path.starts_with("/called")).expect("the call reached the origin");
+        assert_eq!(called.header("host"), Some("origin"));
+        assert_eq!(called.header("x-probe"), Some("1"));
+        assert!(size > 40 && size < 2000, "{size}");
+        // The request continued to the origin afterwards.
+        assert!(seen.iter().any(|s| s.path == "/client"), "{seen:?}");
+
+        // A local response from the call callback: the origin never sees /local.
+        let r = ats.request("GET", "/local", &[("x-call-paths", "/called-for-local"), ("x-call-reply", "local")], b"");
+        assert_eq!((r.status, r.header("x-call-status")), (200, Some("200")), "{r:?}");
+        assert!(r.body_str().starts_with("GET /called-for-local HTTP/1.1\r\n"), "{r:?}");
+        assert!(!ats.origin().seen().iter().any(|s| s.path == "/local"));
+
+        // A call to an unknown cluster is refused at once (BadArgument).
+        let r = ats.request("GET", "/x", &[("x-call-paths", "/y"), ("x-call-upstream", "nowhere")], b"");
+        assert_eq!((r.status, r.header("x-call-status")), (200, Some("BadArgument")), "{r:?}");
+    }
+}
+
+#[test]
+fn several_calls_are_in_flight_at_once_in_both_phases() {
+    let ats = probe_ats("shared", "{}");
+    // Three calls of 1 s each: answered together, not one after the other.
+    let paths = "/a?delay_ms=1000,/b?delay_ms=1000&status=404,/c?delay_ms=1000&status=500";
+    let t = Instant::now();
+    let r = ats.request("GET", "/three", &[("x-call-paths", paths)], b"");
+    let took = t.elapsed();
+    assert_eq!(r.status, 200, "{r:?}\n{}", ats.failure_report());
+    assert_eq!(r.header("x-call-status"), Some("200,404,500"), "{r:?}");
+    assert!(took < Duration::from_millis(2500), "three 1 s calls took {took:?}");
+
+    // From the response phase (the response is parked, then continued with the results).
+    let r = ats.request("GET", "/resp", &[("x-call-paths", "/r1,/r2?status=201"), ("x-call-on", "response")], b"");
+    assert_eq!((r.status, r.header("x-call-status")), (200, Some("200,201")), "{r:?}");
+    assert!(r.body_str().starts_with("GET /resp HTTP/1.1"), "{r:?}");
+
+    // One call times out, the others answer.
+    let r = ats.request(
+        "GET",
+        "/mixed",
+        &[("x-call-paths", "/fast,/slow?delay_ms=2000,/fast2"), ("x-call-timeout-ms", "500")],
+        b"",
+    );
+    assert_eq!((r.status, r.header("x-call-status")), (200, Some("200,fail,200")), "{r:?}");
+    assert_eq!(r.header("x-call-num-headers").map(|h| h.split(',').nth(1)), Some(Some("0")), "{r:?}");
+}
+
+fn tick_calls(r: &harness::Response) -> u64 {
+    r.header("x-tick-calls").and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn the_root_context_calls_on_ticks_in_both_isolations() {
+    for isolation in ["shared", "transaction"] {
+        let ats = probe_ats(isolation, r#"{"tick_call": "/tick", "period_ms": 50}"#);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut n = 0;
+        while n < 4 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            n = tick_calls(&ats.get("/look"));
+        }
+        assert!(n >= 4, "{isolation}: {n} tick calls answered\n{}", ats.failure_report());
+        let ticks = ats.origin().seen().iter().filter(|s| s.path == "/tick").count() as u64;
+        assert!(ticks >= n, "{isolation}: origin saw {ticks} tick calls, the VMs counted {n}");
+    }
+}
+
+#[test]
+fn a_client_that_leaves_before_its_calls_complete_crashes_nothing() {
+    for isolation in ["shared", "transaction"] {
+        let ats = probe_ats(isolation, "{}");
+        for i in 0..10 {
+            let mut c = Client::connect(ats.port()).unwrap();
+            let req = format!(
+                "GET /gone{i} HTTP/1.1\r\nHost: x\r\nx-call-paths: /late{i}?delay_ms=800,/late{i}b?delay_ms=300\r\nx-call-timeout-ms: {}\r\n\r\n",
+                if i % 2 == 0 { 5000 } else { 100 }
+            );
+            c.send_raw(req.as_bytes()).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            drop(c);
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(ats.is_running(), "{isolation}\n{}", ats.failure_report());
+        let r = ats.request("GET", "/after", &[("x-call-paths", "/ok")], b"");
+        assert_eq!((r.status, r.header("x-call-status")), (200, Some("200")), "{isolation}: {r:?}");
+        assert!(!ats.diags_log().contains("panic"), "{}", ats.diags_log());
+    }
+}
+
+/// `n` requests with a good token over `conns` keep-alive connections; every one must be 200
+/// with the origin's echo of its own path.
+fn load(ats: &Ats, conns: usize, n: usize) {
+    let port = ats.port();
+    let per = n / conns;
+    let workers: Vec<_> = (0..conns)
+        .map(|w| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(port).unwrap();
+                c.set_timeout(Duration::from_secs(30)).unwrap();
+                for i in 0..per {
+                    let path = format!("/load/{w}/{i}");
+                    let r = match c.get(&path, &[("Authorization", "Bearer good")]) {
+                        Ok(r) => r,
+                        Err(_) => {
+                            // ATS may close a keep-alive connection; reconnect once.
+                            c = Client::connect(port).unwrap();
+                            c.set_timeout(Duration::from_secs(30)).unwrap();
+                            c.get(&path, &[("Authorization", "Bearer good")]).unwrap()
+                        }
+                    };
+                    assert_eq!(r.status, 200, "{path}: {r:?}");
+                    assert!(r.body_str().starts_with(&format!("GET {path} HTTP/1.1")), "{path}: {r:?}");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("a load worker failed");
+    }
+}
+
+fn vm_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn concurrent_load_with_calls_is_correct_in_both_isolations() {
+    for isolation in ["shared", "transaction"] {
+        let ats = auth_ats(isolation, "", 5000, None);
+        let t = Instant::now();
+        load(&ats, 20, 2000);
+        eprintln!("{isolation}: 2,000 requests with calls over 20 connections in {:?}", t.elapsed());
+        assert!(ats.is_running());
+    }
+}
+
+/// Requests (each with one call) measured after the warm-up.
+const RSS_REQUESTS: usize = 20_000;
+
+#[test]
+fn memory_stays_flat_over_many_requests_with_calls() {
+    let ats = auth_ats("shared", "", 5000, None);
+    load(&ats, 20, 2000);
+    let warm = vm_rss_kb(ats.pid());
+    load(&ats, 20, RSS_REQUESTS);
+    let end = vm_rss_kb(ats.pid());
+    eprintln!("VmRSS after 2,000 requests {warm} kB, after {RSS_REQUESTS} more {end} kB");
+    assert!(end <= warm + warm / 20, "VmRSS grew from {warm} kB to {end} kB");
+    assert!(ats.is_running());
 }

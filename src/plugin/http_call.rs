@@ -137,6 +137,7 @@ pub(crate) fn internal_request(txn: Txn, cont: TxnCont) {
     if h.get(CALL_MARKER, &mut v) {
         txn.bypass_remap_and_cache();
         cont.add_to_txn(txn, HttpHook::SendRequestHdr);
+        cont.add_to_txn(txn, HttpHook::SendResponseHdr);
     }
 }
 
@@ -154,10 +155,32 @@ pub(crate) fn call_request_leaving(txn: Txn) {
     }
 }
 
+/// One of our calls' responses is about to leave ATS for the fetch SM. When ATS made it up
+/// itself (no origin response: connection refused, DNS failure, origin timeout), it is marked
+/// with [`CALL_FAILED`], so the call fails (no headers) as the spec wants for a failed call,
+/// instead of looking like an answer from the upstream.
+pub(crate) fn call_response_leaving(txn: Txn) {
+    if txn.has_server_response() {
+        return;
+    }
+    if let Some(h) = txn.client_response() {
+        h.replace(CALL_FAILED, h.status().to_string().as_bytes());
+    }
+}
+
+/// The header marking a call response ATS generated itself (value: its status).
+pub(crate) const CALL_FAILED: &[u8] = b"x-ats-wasm-call-failed";
+
 /// The spec's view of an outcome: headers with `:status` first, body, no trailers (ATS 9.2
 /// does not pass trailers through); a failure has no headers and says why in the message.
 fn to_call_response(outcome: FetchOutcome) -> HttpCallResponse {
     match outcome {
+        FetchOutcome::Response(r) if r.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(CALL_FAILED)) => {
+            HttpCallResponse {
+                message: format!("upstream unreachable (ATS answered {})", r.status).into_bytes(),
+                ..Default::default()
+            }
+        }
         FetchOutcome::Response(r) => {
             let mut headers = Vec::with_capacity(r.headers.len() + 1);
             headers.push((b":status".to_vec(), r.status.to_string().into_bytes()));
@@ -375,6 +398,13 @@ mod tests {
         assert_eq!(ok.headers[0].0, b":status");
         assert_eq!(ok.headers.len(), 2);
         assert_eq!(ok.body, b"hi");
+        let made_up = to_call_response(FetchOutcome::Response(crate::ts::fetch::FetchResponse {
+            status: 502,
+            headers: vec![(CALL_FAILED.to_vec(), b"502".to_vec())],
+            body: b"error page".to_vec(),
+        }));
+        assert!(made_up.headers.is_empty() && made_up.body.is_empty());
+        assert_eq!(made_up.message, b"upstream unreachable (ATS answered 502)");
         let failed = to_call_response(FetchOutcome::Failed("timeout"));
         assert!(failed.headers.is_empty() && failed.body.is_empty());
         assert_eq!(failed.message, b"timeout");

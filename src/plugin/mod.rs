@@ -421,6 +421,11 @@ impl Plugin {
     }
 
     fn response_headers(&self, txn: Txn) -> Resume {
+        if txn.is_internal() {
+            // Only our HTTP calls' transactions get this hook while internal.
+            http_call::call_response_leaving(txn);
+            return Resume::Continue;
+        }
         let Some(mut state) = self.slot.take(txn) else {
             return Resume::Continue;
         };

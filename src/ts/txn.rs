@@ -225,13 +225,18 @@ impl Txn {
         unsafe { sys::TSHttpTxnIsInternal(self.0) != 0 }
     }
 
-    /// Sends this transaction's request where its (absolute) URL says, without remap and
-    /// without the cache (`TSSkipRemappingSet`, `proxy.config.http.cache.http` = 0 for it).
+    /// Sends this transaction's request where its (absolute) URL says, without remap, without
+    /// the cache and on an origin connection of its own that is closed afterwards
+    /// (`TSSkipRemappingSet`; `proxy.config.http.cache.http` and
+    /// `proxy.config.http.keep_alive_enabled_out` = 0 for it). Measured on 9.2: with keep-alive,
+    /// every internal transaction left one idle origin connection that no later transaction
+    /// reused, until connections ran out.
     pub fn bypass_remap_and_cache(self) {
         // SAFETY: live transaction, before remap (READ_REQUEST_HDR).
         unsafe {
             sys::TSSkipRemappingSet(self.0, 1);
             sys::TSHttpTxnConfigIntSet(self.0, sys::TS_CONFIG_HTTP_CACHE_HTTP, 0);
+            sys::TSHttpTxnConfigIntSet(self.0, sys::TS_CONFIG_HTTP_KEEP_ALIVE_ENABLED_OUT, 0);
         }
     }
 
