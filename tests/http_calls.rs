@@ -279,3 +279,108 @@ fn memory_stays_flat_over_many_requests_with_calls() {
     assert!(end <= warm + warm / 20, "VmRSS grew from {warm} kB to {end} kB");
     assert!(ats.is_running());
 }
+
+/// A loopback HTTPS server (python3's `http.server` with a fresh self-signed certificate)
+/// answering every GET with `200`, `X-Tls: yes` and `tls ok <path> host=<Host>`.
+struct TlsOrigin {
+    child: std::process::Child,
+    port: u16,
+    _dir: std::path::PathBuf,
+}
+
+impl TlsOrigin {
+    fn start() -> TlsOrigin {
+        let dir = std::env::temp_dir().join(format!("ats-wasm-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let ok = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(ok.success(), "openssl req failed");
+        let script = r#"
+import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = ("tls ok " + self.path + " host=" + self.headers.get("Host", "")).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Tls", "yes")
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"#;
+        let port = free_port();
+        let child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(port.to_string())
+            .arg(&cert)
+            .arg(&key)
+            .spawn()
+            .expect("python3");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the TLS origin did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TlsOrigin { child, port, _dir: dir }
+    }
+}
+
+impl Drop for TlsOrigin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+#[test]
+fn https_upstreams_are_reached_over_tls_by_ats() {
+    let tls = TlsOrigin::start();
+    let b = Ats::builder()
+        .net_threads(2)
+        // A self-signed test certificate: no verification (see README, "HTTP calls").
+        .record("CONFIG proxy.config.ssl.client.verify.server.policy STRING DISABLED");
+    let origin = format!("127.0.0.1:{}", b.origin_port());
+    let ats = b
+        .config_file(
+            "probe.yaml",
+            yaml(
+                "call-probe",
+                &example_wasm("call-probe"),
+                "{}",
+                &[("origin", origin), ("secure", format!("https://127.0.0.1:{}", tls.port))],
+            ),
+        )
+        .plugin(&["probe.yaml"])
+        .start();
+    let r = ats.request(
+        "GET",
+        "/tls",
+        &[("x-call-paths", "/secret?a=1"), ("x-call-upstream", "secure"), ("x-call-read-header", "x-tls")],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{r:?}\n{}", ats.failure_report());
+    assert_eq!(r.header("x-call-status"), Some("200"), "{r:?}\n{}", ats.failure_report());
+    assert_eq!(r.header("x-call-header"), Some("yes"), "{r:?}");
+    assert_eq!(r.header("x-call-body"), Some("tls ok /secret?a=1 host=origin"), "{r:?}");
+
+    // The same server over plain http is no HTTP answer: the call fails.
+    let plain = format!("127.0.0.1:{}", tls.port);
+    let r = ats.request("GET", "/plain", &[("x-call-paths", "/x"), ("x-call-upstream", plain.as_str())], b"");
+    assert_eq!((r.status, r.header("x-call-status")), (200, Some("fail")), "{r:?}");
+}

@@ -156,15 +156,18 @@ pub(crate) fn call_request_leaving(txn: Txn) {
 }
 
 /// One of our calls' responses is about to leave ATS for the fetch SM. When ATS made it up
-/// itself (no origin response: connection refused, DNS failure, origin timeout), it is marked
+/// itself (no usable origin response: connection refused, DNS failure, origin timeout, a
+/// response that is not HTTP), it is marked
 /// with [`CALL_FAILED`], so the call fails (no headers) as the spec wants for a failed call,
 /// instead of looking like an answer from the upstream.
 pub(crate) fn call_response_leaving(txn: Txn) {
-    if txn.has_server_response() {
-        return;
-    }
-    if let Some(h) = txn.client_response() {
-        h.replace(CALL_FAILED, h.status().to_string().as_bytes());
+    let Some(h) = txn.client_response() else { return };
+    let status = h.status();
+    // The cache is off for calls, so an origin answer reaches the fetch SM with its own status;
+    // a different (or no) origin status means ATS answered instead (e.g. 502 for a response
+    // that did not parse).
+    if txn.server_response_status() != Some(status) {
+        h.replace(CALL_FAILED, status.to_string().as_bytes());
     }
 }
 

@@ -175,6 +175,13 @@ impl Txn {
         rc == sys::TS_SUCCESS && status == sys::TS_CACHE_LOOKUP_HIT_FRESH as std::ffi::c_int
     }
 
+    /// The origin response's status, when there is an origin response (0 when it had none
+    /// that parsed).
+    pub fn server_response_status(self) -> Option<u16> {
+        // SAFETY: live transaction; the getter fills the out-params on success.
+        unsafe { HeaderMap::from_getter(|b, l| sys::TSHttpTxnServerRespGet(self.0, b, l)) }.map(|h| h.status())
+    }
+
     /// Whether an origin response exists for this transaction.
     pub fn has_server_response(self) -> bool {
         // SAFETY: live transaction; the getter fills the out-params on success.
