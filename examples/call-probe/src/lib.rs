@@ -10,7 +10,8 @@
 //!   call's body, CR/LF as `|`, at most 300 bytes). With `x-call-reply: local` they come in a
 //!   local `200` response (`proxy_send_local_response` from the call callback) whose body is the
 //!   first call's body; otherwise the request continues (`proxy_continue_stream`) and they are
-//!   added to the origin's response.
+//!   added to the origin's response. With `x-call-detach` the request does not wait: it goes on
+//!   at once and may end before the calls answer.
 //! - The root context, when configured with `{"tick_call": "/path", "period_ms": 100}`, sends a
 //!   call to `origin` on every tick (one at a time) and counts answers in shared data
 //!   (`call_probe.tick_ok`); every response gets `x-tick-calls: <count>`.
@@ -168,6 +169,9 @@ impl Probe {
         }
         if self.tokens.is_empty() {
             self.done = true;
+            Action::Continue
+        } else if self.get_http_request_header("x-call-detach").is_some() {
+            // Not waiting: the transaction may end before the calls answer.
             Action::Continue
         } else {
             Action::Pause
