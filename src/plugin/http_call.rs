@@ -44,8 +44,6 @@ struct Pending {
     token: u32,
     /// The transaction of the stream context that made it; `None` for the root context.
     txn: Option<Txn>,
-    /// The phase the transaction was in when it made the call.
-    phase: Phase,
 }
 
 thread_local! {
@@ -117,8 +115,7 @@ pub(crate) fn dispatch(
         n.set(id.wrapping_add(1).max(1));
         id
     });
-    let pending =
-        Pending { vm, token: req.token, txn: stream.map(|s| s.txn), phase: stream.map_or(Phase::Request, |s| s.phase) };
+    let pending = Pending { vm, token: req.token, txn: stream.map(|s| s.txn) };
     PENDING.with(|p| p.borrow_mut().insert(id, pending));
     let timeout = (!req.timeout.is_zero()).then_some(req.timeout);
     let fr = FetchRequest { method, url: &url, headers: &headers, body: req.body, timeout };
@@ -265,7 +262,9 @@ impl Plugin {
     /// a stream control from the callback resumes the parked transaction.
     fn deliver_stream_call(&self, txn: Txn, pending: &Pending, response: HttpCallResponse) {
         let Some(mut state) = self.slot.take(txn) else { return };
-        let phase = state.paused.as_ref().map_or(pending.phase, |p| p.phase);
+        // A parked transaction is in its paused phase; one that went on without waiting is
+        // somewhere ATS is running it, so the guest only reads (as from `proxy_on_log`).
+        let phase = state.paused.as_ref().map_or(Phase::Close, |p| p.phase);
         let stream = TxnStream { txn, phase };
         let mut found = None;
         for (i, fc) in state.contexts.iter_mut().enumerate() {
