@@ -390,6 +390,10 @@ pub fn parse_filter(
             "vm_config",
             "vmConfig",
             "upstreams",
+            "failure_policy",
+            "pool_size",
+            "isolation",
+            "callback_deadline_ms",
         ],
         &mut unknown,
     );
@@ -650,6 +654,7 @@ config:
         let base = "  vm_config:\n    code:\n      local:\n        filename: m.wasm\n";
         let f = parse(&format!("config:\n  failure_policy: fail_closed\n  pool_size: 3\n  isolation: transaction\n  callback_deadline_ms: 20\n{base}")).unwrap();
         assert!(!f.fail_open);
+        assert!(f.unknown_keys.is_empty(), "the overrides are known keys: {:?}", f.unknown_keys);
         assert_eq!(
             (f.pool_size, f.isolation, f.callback_deadline_ms),
             (Some(3), Some(Isolation::Transaction), Some(20))
