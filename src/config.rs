@@ -27,6 +27,92 @@ impl Isolation {
     }
 }
 
+/// The scheme of an HTTP-call upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain HTTP/1.1.
+    Http,
+    /// HTTP/1.1 over TLS (ATS does the TLS to the upstream).
+    Https,
+}
+
+impl Scheme {
+    /// `"http"` or `"https"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// Where an HTTP call goes: an `upstreams:` entry, or a literal `host:port` a guest passed to
+/// `proxy_http_call`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    /// `http` unless the target was written `https://…`.
+    pub scheme: Scheme,
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl Upstream {
+    /// Parses `host:port`, `[v6]:port`, `http://host[:port]` or `https://host[:port]` (the
+    /// port defaults to 80 / 443 only when a scheme is written). No path, user or query.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (scheme, rest, default_port) = if let Some(r) = s.strip_prefix("https://") {
+            (Scheme::Https, r, Some(443))
+        } else if let Some(r) = s.strip_prefix("http://") {
+            (Scheme::Http, r, Some(80))
+        } else {
+            (Scheme::Http, s, None)
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.is_empty() {
+            return Err(format!("\"{s}\": no host"));
+        }
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or(format!("\"{s}\": unclosed '['"))?;
+            if h.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!("\"{s}\": \"{h}\" is not an IPv6 address"));
+            }
+            match after {
+                "" => (h, None),
+                p => (h, Some(p.strip_prefix(':').ok_or(format!("\"{s}\": expected ':port' after ']'"))?)),
+            }
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty()
+            || host.bytes().any(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':')))
+        {
+            return Err(format!("\"{s}\": bad host \"{host}\""));
+        }
+        let port = match port {
+            Some(p) => match p.parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => return Err(format!("\"{s}\": bad port \"{p}\"")),
+            },
+            None => default_port.ok_or(format!("\"{s}\": expected host:port or http(s)://host[:port]"))?,
+        };
+        Ok(Upstream { scheme, host: host.to_string(), port })
+    }
+
+    /// `host:port` as a URL authority (`[v6]:port` for IPv6).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
 /// Options given on the plugin's line in `plugin.config`, and the YAML files after them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PluginArgs {
@@ -202,6 +288,9 @@ pub struct FilterConfig {
     pub environment: Vec<(String, String)>,
     /// `vm_config.code.local.filename`, resolved.
     pub wasm_path: PathBuf,
+    /// `config.upstreams`: HTTP-call targets by cluster name (`name: "host:port"` or
+    /// `name: "https://host:port"`), in file order.
+    pub upstreams: Vec<(String, Upstream)>,
     /// Keys present in the file that ats-wasm does not know (ignored, but reported).
     pub unknown_keys: Vec<String>,
 }
@@ -343,6 +432,7 @@ pub fn parse_filter(
             "capability_restriction_config",
             "vm_config",
             "vmConfig",
+            "upstreams",
             "failure_policy",
             "pool_size",
             "isolation",
@@ -449,6 +539,17 @@ pub fn parse_filter(
         }
     };
     let cache_transformed = config.boolean(&["cache_transformed"])?.unwrap_or(false);
+    let mut upstreams = Vec::new();
+    if let Some(m) = config.map(&["upstreams"])? {
+        for name in m.hash.keys().filter_map(Yaml::as_str) {
+            if name.is_empty() {
+                return Err("config.upstreams: a cluster name is empty".to_string());
+            }
+            let key = m.key(name);
+            let target = m.string(&[name])?.ok_or(format!("{key}: expected \"host:port\" or a URL, found null"))?;
+            upstreams.push((name.to_string(), Upstream::parse(&target).map_err(|e| format!("{key}: {e}"))?));
+        }
+    }
 
     let default_name = source.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     Ok(FilterConfig {
@@ -470,6 +571,7 @@ pub fn parse_filter(
         allow_precompiled: vm.boolean(&["allow_precompiled"])?.unwrap_or(true),
         environment,
         wasm_path: resolve(config_dir, &filename),
+        upstreams,
         unknown_keys: unknown,
     })
 }
@@ -627,6 +729,7 @@ config:
         let base = "  vm_config:\n    code:\n      local:\n        filename: m.wasm\n";
         let f = parse(&format!("config:\n  failure_policy: fail_closed\n  pool_size: 3\n  isolation: transaction\n  callback_deadline_ms: 20\n{base}")).unwrap();
         assert!(!f.fail_open);
+        assert!(f.unknown_keys.is_empty(), "the overrides are known keys: {:?}", f.unknown_keys);
         assert_eq!(
             (f.pool_size, f.isolation, f.callback_deadline_ms),
             (Some(3), Some(Isolation::Transaction), Some(20))
@@ -654,6 +757,50 @@ config:
             parse(&format!("config:\n  isolation: none\n{base}")).unwrap_err(),
             "config.isolation: expected \"shared\" or \"transaction\", got \"none\""
         );
+    }
+
+    const MINIMAL_VM: &str = "  vm_config:\n    code:\n      local:\n        filename: m.wasm\n";
+
+    #[test]
+    fn upstreams_parse_into_scheme_host_and_port() {
+        let f = parse(&format!(
+            "config:\n  upstreams:\n    auth: \"127.0.0.1:9000\"\n    secure: \"https://127.0.0.1:9443\"\n    named: \"http://auth.internal\"\n    v6: \"[::1]:8080\"\n{MINIMAL_VM}"
+        ))
+        .unwrap();
+        assert!(f.unknown_keys.is_empty(), "{:?}", f.unknown_keys);
+        let up = |h: &str, p, s| Upstream { scheme: s, host: h.to_string(), port: p };
+        assert_eq!(
+            f.upstreams,
+            vec![
+                ("auth".to_string(), up("127.0.0.1", 9000, Scheme::Http)),
+                ("secure".to_string(), up("127.0.0.1", 9443, Scheme::Https)),
+                ("named".to_string(), up("auth.internal", 80, Scheme::Http)),
+                ("v6".to_string(), up("::1", 8080, Scheme::Http)),
+            ]
+        );
+        assert_eq!(f.upstreams[3].1.authority(), "[::1]:8080");
+        assert_eq!(f.upstreams[0].1.authority(), "127.0.0.1:9000");
+        assert!(parse(&format!("config:\n{MINIMAL_VM}")).unwrap().upstreams.is_empty());
+    }
+
+    #[test]
+    fn bad_upstreams_are_rejected_with_their_key() {
+        for (target, why) in [
+            ("\"127.0.0.1\"", "expected host:port"),
+            ("\"127.0.0.1:0\"", "bad port"),
+            ("\"127.0.0.1:70000\"", "bad port"),
+            ("\"http://\"", "no host"),
+            ("\"ftp://x:1\"", "bad host"),
+            ("\"http://a/b:1\"", "bad host"),
+            ("\"[::1:80\"", "unclosed"),
+            ("\"[nope]:80\"", "not an IPv6"),
+            ("[1, 2]", "expected a string"),
+        ] {
+            let e = parse(&format!("config:\n  upstreams:\n    auth: {target}\n{MINIMAL_VM}")).unwrap_err();
+            assert!(e.contains("config.upstreams.auth") && e.contains(why), "{target}: {e}");
+        }
+        let e = parse(&format!("config:\n  upstreams: [a]\n{MINIMAL_VM}")).unwrap_err();
+        assert!(e.contains("config.upstreams: expected a map"), "{e}");
     }
 
     #[test]

@@ -195,6 +195,12 @@ impl<B: Backend> HostState<B> {
         self.http_calls.len()
     }
 
+    /// Forgets HTTP call `token` (its context is going away): a response delivered for it later
+    /// is ignored. True when it was outstanding.
+    pub fn cancel_http_call(&mut self, token: u32) -> bool {
+        self.http_calls.remove(&token).is_some()
+    }
+
     /// The exit code the guest passed to `proc_exit`, if it did.
     pub fn exit_code(&self) -> Option<i32> {
         self.exit_code

@@ -73,15 +73,29 @@ pub struct BodyBuffer {
 
 /// The ATS backend of one VM. Everything about a transaction lives in the transaction; the
 /// backend only holds local responses between the guest's call and the plugin applying them,
-/// and the body buffer while a body callback runs.
+/// the body buffer while a body callback runs, and what HTTP calls need: the filter's
+/// `upstreams:` and the VM's id.
 #[derive(Default)]
 pub struct AtsBackend {
     pending_local: Vec<PendingLocalResponse>,
     /// Set by the plugin around a body callback ([`AtsBackend::lend_body`]).
     body: BodyBuffer,
+    upstreams: std::sync::Arc<[(String, crate::config::Upstream)]>,
+    vm: u64,
 }
 
 impl AtsBackend {
+    /// A backend for a VM of a filter with these `upstreams:`; the VM's id
+    /// ([`crate::abi::HostState::vm_uid`]) is set with [`AtsBackend::set_vm`].
+    pub fn new(upstreams: std::sync::Arc<[(String, crate::config::Upstream)]>) -> Self {
+        AtsBackend { upstreams, ..AtsBackend::default() }
+    }
+
+    /// Records the id of the VM this backend belongs to (where call responses go).
+    pub fn set_vm(&mut self, vm: u64) {
+        self.vm = vm;
+    }
+
     /// Lends `bytes` to the guest as the `kind` body buffer for the next callback.
     pub fn lend_body(&mut self, kind: BufferType, bytes: Vec<u8>) {
         self.body = BodyBuffer { kind: Some(kind), bytes };
@@ -357,6 +371,10 @@ impl Backend for AtsBackend {
     fn set_tick_period(&mut self, _period: Option<Duration>) -> HostResult {
         // The period is kept in the VM's host state; the plugin's per-thread timer reads it.
         Ok(())
+    }
+
+    fn http_call(&mut self, s: Option<TxnStream>, req: &crate::abi::HttpCallRequest<'_>) -> HostResult {
+        super::http_call::dispatch(&self.upstreams, self.vm, s, req)
     }
 
     fn set_property(&mut self, s: Option<TxnStream>, path: &[&[u8]], value: &[u8]) -> HostResult {

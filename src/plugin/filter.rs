@@ -73,9 +73,15 @@ impl Filter {
         });
         // The initializer may parse configuration: give it more time than one callback.
         let init_ticks = deadline_ticks.saturating_mul(10).max(5000);
+        let upstreams: Arc<[(String, crate::config::Upstream)]> = cfg.upstreams.clone().into();
         let template = VmTemplate::new(
             pre,
-            move || HostState::new(AtsBackend::default(), info.clone()),
+            move || {
+                let mut st = HostState::new(AtsBackend::new(upstreams.clone()), info.clone());
+                let uid = st.vm_uid();
+                st.backend.set_vm(uid);
+                st
+            },
             guest::initialize,
             init_ticks,
         );

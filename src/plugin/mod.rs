@@ -13,6 +13,7 @@
 pub mod backend;
 mod body;
 mod filter;
+mod http_call;
 pub mod properties;
 
 use std::cell::{Cell, RefCell};
@@ -252,7 +253,13 @@ impl TxnHandler for Hooks {
         match hook {
             HttpHook::ReadRequestHdr => p.request_headers(txn),
             HttpHook::SendRequestHdr => {
-                p.send_request_headers(txn);
+                if txn.is_internal() {
+                    // Our HTTP calls' transactions.
+                    http_call::call_request_leaving(txn);
+                } else {
+                    // Transactions with a request body transform.
+                    p.send_request_headers(txn);
+                }
                 Resume::Continue
             }
             HttpHook::SendResponseHdr => p.response_headers(txn),
@@ -357,6 +364,11 @@ impl Plugin {
     }
 
     fn request_headers(&self, txn: Txn) -> Resume {
+        if txn.is_internal() {
+            // Our own HTTP calls, and other plugins' internal requests: no filters.
+            http_call::internal_request(txn, self.cont);
+            return Resume::Continue;
+        }
         self.ensure_timers();
         let mut state = TxnState { contexts: Vec::with_capacity(self.filters.len()), ..TxnState::empty() };
         let resume = self.run_request_filters(txn, &mut state, 0);
@@ -442,6 +454,11 @@ impl Plugin {
     }
 
     fn response_headers(&self, txn: Txn) -> Resume {
+        if txn.is_internal() {
+            // Only our HTTP calls' transactions get this hook while internal.
+            http_call::call_response_leaving(txn);
+            return Resume::Continue;
+        }
         // In place: the hook returns before the transaction is re-enabled.
         self.slot
             .with(txn, |state| {
@@ -642,6 +659,8 @@ impl Plugin {
     }
 
     fn close(&self, txn: Txn) {
+        // Calls still in flight: their responses will be dropped.
+        let calls = Self::forget_calls(txn);
         let Some(state) = self.slot.take(txn) else {
             return;
         };
@@ -650,6 +669,11 @@ impl Plugin {
             let f = &self.filters[fc.filter];
             let ctx = fc.ctx;
             let r = f.pool.with_leased(&mut fc.lease, |vm| {
+                let st = vm.store.data_mut();
+                let uid = st.vm_uid();
+                for (_, token) in calls.iter().filter(|(vm, _)| *vm == uid) {
+                    st.cancel_http_call(*token);
+                }
                 guest::attach_stream(vm, ctx, stream);
                 guest::finish_stream_context(vm, ctx)
             });

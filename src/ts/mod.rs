@@ -3,6 +3,7 @@
 //! without ATS.
 
 pub mod entry;
+pub mod fetch;
 pub mod headers;
 pub mod hooks;
 pub mod log;

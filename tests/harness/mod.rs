@@ -162,8 +162,9 @@ struct OriginShared {
 /// of `x` (or of the text `fill=T` repeated), or with `echo_body=1` the request's body.
 /// `Content-Length` is sent, except for 1xx/204/304 which have no body, and with `chunked=N`,
 /// which sends the body chunked, N bytes per chunk, each chunk written and flushed on its own;
-/// a HEAD gets the headers only. Also understood: `delay_ms=N` (sleep before answering) and
-/// `header=Name:Value` (repeatable, percent-decoded; adds a response header).
+/// a HEAD gets the headers only. Also understood: `delay_ms=N` (sleep before answering),
+/// `header=Name:Value` (repeatable, percent-decoded; adds a response header) and `allow=T`
+/// (an auth service: status 200 when the request has `Authorization: Bearer T`, else 401).
 ///
 /// Requests whose path starts with `/__ready` (the harness' readiness probes) get an answer but
 /// are neither recorded nor counted.
@@ -271,6 +272,7 @@ fn origin_serve_conn(stream: TcpStream, shared: &OriginShared) -> io::Result<()>
             return Ok(());
         };
         let (start, headers) = parse_head(&head)?;
+        let authorization = find_header(&headers, "authorization").map(str::to_string);
         let mut parts = start.splitn(3, ' ');
         let method = parts.next().unwrap_or("").to_string();
         let path = parts.next().unwrap_or("").to_string();
@@ -295,7 +297,12 @@ fn origin_serve_conn(stream: TcpStream, shared: &OriginShared) -> io::Result<()>
             seen.len()
         };
 
-        let status: u16 = q("status").and_then(|s| s.parse().ok()).unwrap_or(200);
+        let mut status: u16 = q("status").and_then(|s| s.parse().ok()).unwrap_or(200);
+        if let Some(token) = q("allow") {
+            // A tiny auth service: 200 for `Authorization: Bearer <token>`, else 401.
+            let want = format!("Bearer {token}");
+            status = if authorization.as_deref() == Some(want.as_str()) { 200 } else { 401 };
+        }
         if let Some(ms) = q("delay_ms").and_then(|s| s.parse::<u64>().ok()) {
             thread::sleep(Duration::from_millis(ms));
         }
