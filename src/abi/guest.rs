@@ -2,12 +2,15 @@
 //! callback, each with the right context id, the right effective context and a fresh epoch
 //! deadline. After each callback, contexts that called `proxy_done` are finished.
 
+use std::time::Instant;
+
 use wasmtime::{Instance, Module, Store, TypedFunc, WasmParams, WasmResults};
 
 use ats_wasm_pool::Vm;
 
 use super::backend::Backend;
 use super::hostcalls::register_context;
+use super::observe::Callback;
 use super::state::{ContextKind, HostState, HttpCallResponse};
 use super::types::{Action, PeerType};
 
@@ -187,7 +190,8 @@ pub fn initialize<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<()> {
     if let Some(f) = exports.on_vm_start {
         store.data_mut().effective_context = root;
         store.data_mut().in_vm_start = true;
-        let r = f.call(&mut *store, (root as i32, len_arg(plugin.vm_configuration.len())));
+        let n = len_arg(plugin.vm_configuration.len());
+        let r = timed(store, Callback::VmStart, |s| f.call(s, (root as i32, n)));
         store.data_mut().in_vm_start = false;
         if r? == 0 {
             wasmtime::bail!("proxy_on_vm_start returned false");
@@ -195,11 +199,31 @@ pub fn initialize<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<()> {
     }
     if let Some(f) = exports.on_configure {
         store.data_mut().effective_context = root;
-        if f.call(&mut *store, (root as i32, len_arg(plugin.plugin_configuration.len())))? == 0 {
+        let n = len_arg(plugin.plugin_configuration.len());
+        if timed(store, Callback::Configure, |s| f.call(s, (root as i32, n)))? == 0 {
             wasmtime::bail!("proxy_on_configure returned false");
         }
     }
     Ok(())
+}
+
+/// Runs `f` (one guest callback) and tells the filter's observer, if it has one, how long it
+/// took (also when it failed). Without an observer no clock is read.
+fn timed<B: Backend, R>(
+    store: &mut Store<HostState<B>>,
+    callback: Callback,
+    f: impl FnOnce(&mut Store<HostState<B>>) -> R,
+) -> R {
+    if store.data().plugin.observer.0.is_none() {
+        return f(store);
+    }
+    let started = Instant::now();
+    let r = f(store);
+    let elapsed = started.elapsed();
+    if let Some(o) = &store.data().plugin.observer.0 {
+        o.observe(callback, elapsed);
+    }
+    r
 }
 
 /// A size as a guest `size_t` argument (saturating: the guest is 32-bit).
@@ -229,13 +253,14 @@ fn enter<B: Backend>(store: &mut Store<HostState<B>>, ctx: u32) {
 fn run<B: Backend, R>(
     vm: &mut ProxyVm<B>,
     ctx: u32,
+    callback: Callback,
     get: impl FnOnce(&GuestExports) -> Option<R>,
     call: impl FnOnce(&mut Store<HostState<B>>, R) -> wasmtime::Result<i32>,
 ) -> wasmtime::Result<Option<i32>> {
     let Some(f) = get(&vm.store.data().exports) else { return Ok(None) };
     let store = &mut vm.store;
     enter(store, ctx);
-    let r = call(store, f)?;
+    let r = timed(store, callback, |s| call(s, f))?;
     finish_pending(store)?;
     Ok(Some(r))
 }
@@ -244,10 +269,11 @@ fn run<B: Backend, R>(
 fn run_action<B: Backend, R>(
     vm: &mut ProxyVm<B>,
     ctx: u32,
+    callback: Callback,
     get: impl FnOnce(&GuestExports) -> Option<R>,
     call: impl FnOnce(&mut Store<HostState<B>>, R) -> wasmtime::Result<i32>,
 ) -> wasmtime::Result<Action> {
-    Ok(run(vm, ctx, get, call)?.map(Action::from_raw).unwrap_or(Action::Continue))
+    Ok(run(vm, ctx, callback, get, call)?.map(Action::from_raw).unwrap_or(Action::Continue))
 }
 
 /// Creates a stream context attached to `stream` (`proxy_on_context_create(id, root_id)`).
@@ -256,7 +282,13 @@ pub fn create_stream_context<B: Backend>(vm: &mut ProxyVm<B>, stream: B::Stream)
     let id = next_context_id(vm.store.data_mut());
     let root = vm.store.data().root_context_id;
     register_context(vm.store.data_mut(), id, ContextKind::Stream(Some(stream)));
-    run(vm, id, |e| e.on_context_create.clone(), |s, f| f.call(s, (id as i32, root as i32)).map(|()| 0))?;
+    run(
+        vm,
+        id,
+        Callback::ContextCreate,
+        |e| e.on_context_create.clone(),
+        |s, f| f.call(s, (id as i32, root as i32)).map(|()| 0),
+    )?;
     Ok(id)
 }
 
@@ -276,7 +308,8 @@ fn call_headers<B: Backend>(
 ) -> wasmtime::Result<Action> {
     let n = len_arg(num_headers);
     let get = |e: &GuestExports| if response { e.on_response_headers.clone() } else { e.on_request_headers.clone() };
-    run_action(vm, ctx, get, |s, f| match f {
+    let callback = if response { Callback::ResponseHeaders } else { Callback::RequestHeaders };
+    run_action(vm, ctx, callback, get, |s, f| match f {
         HeadersFn::V1(f) => f.call(s, (ctx as i32, n)),
         HeadersFn::V2(f) => f.call(s, (ctx as i32, n, end_of_stream as i32)),
     })
@@ -311,7 +344,13 @@ pub fn on_request_body<B: Backend>(
     eos: bool,
 ) -> wasmtime::Result<Action> {
     let n = len_arg(body_size);
-    run_action(vm, ctx, |e| e.on_request_body.clone(), |s, f| f.call(s, (ctx as i32, n, eos as i32)))
+    run_action(
+        vm,
+        ctx,
+        Callback::RequestBody,
+        |e| e.on_request_body.clone(),
+        |s, f| f.call(s, (ctx as i32, n, eos as i32)),
+    )
 }
 
 /// `proxy_on_response_body(ctx, body_size, end_of_stream)`.
@@ -322,13 +361,19 @@ pub fn on_response_body<B: Backend>(
     eos: bool,
 ) -> wasmtime::Result<Action> {
     let n = len_arg(body_size);
-    run_action(vm, ctx, |e| e.on_response_body.clone(), |s, f| f.call(s, (ctx as i32, n, eos as i32)))
+    run_action(
+        vm,
+        ctx,
+        Callback::ResponseBody,
+        |e| e.on_response_body.clone(),
+        |s, f| f.call(s, (ctx as i32, n, eos as i32)),
+    )
 }
 
 /// `proxy_on_request_trailers(ctx, num_trailers)`.
 pub fn on_request_trailers<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, num_trailers: usize) -> wasmtime::Result<Action> {
     let n = len_arg(num_trailers);
-    run_action(vm, ctx, |e| e.on_request_trailers.clone(), |s, f| f.call(s, (ctx as i32, n)))
+    run_action(vm, ctx, Callback::RequestTrailers, |e| e.on_request_trailers.clone(), |s, f| f.call(s, (ctx as i32, n)))
 }
 
 /// `proxy_on_response_trailers(ctx, num_trailers)`.
@@ -338,12 +383,18 @@ pub fn on_response_trailers<B: Backend>(
     num_trailers: usize,
 ) -> wasmtime::Result<Action> {
     let n = len_arg(num_trailers);
-    run_action(vm, ctx, |e| e.on_response_trailers.clone(), |s, f| f.call(s, (ctx as i32, n)))
+    run_action(
+        vm,
+        ctx,
+        Callback::ResponseTrailers,
+        |e| e.on_response_trailers.clone(),
+        |s, f| f.call(s, (ctx as i32, n)),
+    )
 }
 
 /// `proxy_on_new_connection(ctx)` for an L4 stream context.
 pub fn on_new_connection<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32) -> wasmtime::Result<Action> {
-    run_action(vm, ctx, |e| e.on_new_connection.clone(), |s, f| f.call(s, ctx as i32))
+    run_action(vm, ctx, Callback::NewConnection, |e| e.on_new_connection.clone(), |s, f| f.call(s, ctx as i32))
 }
 
 /// `proxy_on_downstream_data(ctx, data_size, end_of_stream)`.
@@ -354,13 +405,25 @@ pub fn on_downstream_data<B: Backend>(
     eos: bool,
 ) -> wasmtime::Result<Action> {
     let n = len_arg(size);
-    run_action(vm, ctx, |e| e.on_downstream_data.clone(), |s, f| f.call(s, (ctx as i32, n, eos as i32)))
+    run_action(
+        vm,
+        ctx,
+        Callback::DownstreamData,
+        |e| e.on_downstream_data.clone(),
+        |s, f| f.call(s, (ctx as i32, n, eos as i32)),
+    )
 }
 
 /// `proxy_on_upstream_data(ctx, data_size, end_of_stream)`.
 pub fn on_upstream_data<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, size: usize, eos: bool) -> wasmtime::Result<Action> {
     let n = len_arg(size);
-    run_action(vm, ctx, |e| e.on_upstream_data.clone(), |s, f| f.call(s, (ctx as i32, n, eos as i32)))
+    run_action(
+        vm,
+        ctx,
+        Callback::UpstreamData,
+        |e| e.on_upstream_data.clone(),
+        |s, f| f.call(s, (ctx as i32, n, eos as i32)),
+    )
 }
 
 /// `proxy_on_downstream_connection_close(ctx, peer_type)`.
@@ -372,6 +435,7 @@ pub fn on_downstream_connection_close<B: Backend>(
     run(
         vm,
         ctx,
+        Callback::DownstreamConnectionClose,
         |e| e.on_downstream_connection_close.clone(),
         |s, f| f.call(s, (ctx as i32, peer as i32)).map(|()| 0),
     )?;
@@ -380,14 +444,20 @@ pub fn on_downstream_connection_close<B: Backend>(
 
 /// `proxy_on_upstream_connection_close(ctx, peer_type)`.
 pub fn on_upstream_connection_close<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, peer: PeerType) -> wasmtime::Result<()> {
-    run(vm, ctx, |e| e.on_upstream_connection_close.clone(), |s, f| f.call(s, (ctx as i32, peer as i32)).map(|()| 0))?;
+    run(
+        vm,
+        ctx,
+        Callback::UpstreamConnectionClose,
+        |e| e.on_upstream_connection_close.clone(),
+        |s, f| f.call(s, (ctx as i32, peer as i32)).map(|()| 0),
+    )?;
     Ok(())
 }
 
 /// `proxy_on_tick(root_context_id)`: the timer set with `proxy_set_tick_period_milliseconds`.
 pub fn on_tick<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<()> {
     let root = vm.store.data().root_context_id;
-    run(vm, root, |e| e.on_tick.clone(), |s, f| f.call(s, root as i32).map(|()| 0))?;
+    run(vm, root, Callback::Tick, |e| e.on_tick.clone(), |s, f| f.call(s, root as i32).map(|()| 0))?;
     Ok(())
 }
 
@@ -400,6 +470,7 @@ pub fn on_queue_ready<B: Backend>(vm: &mut ProxyVm<B>, context_id: u32, queue_id
     run(
         vm,
         context_id,
+        Callback::QueueReady,
         |e| e.on_queue_ready.clone(),
         |s, f| f.call(s, (context_id as i32, queue_id as i32)).map(|()| 0),
     )?;
@@ -426,6 +497,7 @@ pub fn on_http_call_response<B: Backend>(
     let r = run(
         vm,
         effective,
+        Callback::HttpCallResponse,
         |e| e.on_http_call_response.clone(),
         |s, f| f.call(s, (root as i32, token as i32, nh, nb, nt)).map(|()| 0),
     );
@@ -443,6 +515,7 @@ pub fn on_foreign_function<B: Backend>(vm: &mut ProxyVm<B>, function_id: u32, ar
     let r = run(
         vm,
         root,
+        Callback::ForeignFunction,
         |e| e.on_foreign_function.clone(),
         |s, f| f.call(s, (root as i32, function_id as i32, n)).map(|()| 0),
     );
@@ -470,7 +543,7 @@ fn finish_context<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, detach: bool) -> wa
     let done = match store.data().exports.on_done.clone() {
         Some(f) => {
             enter(store, ctx);
-            f.call(&mut *store, ctx as i32)? != 0
+            timed(store, Callback::Done, |s| f.call(s, ctx as i32))? != 0
         }
         None => true,
     };
@@ -491,11 +564,11 @@ fn finish_context<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, detach: bool) -> wa
 fn log_and_delete<B: Backend>(store: &mut Store<HostState<B>>, ctx: u32) -> wasmtime::Result<()> {
     if let Some(f) = store.data().exports.on_log.clone() {
         enter(store, ctx);
-        f.call(&mut *store, ctx as i32)?;
+        timed(store, Callback::Log, |s| f.call(s, ctx as i32))?;
     }
     if let Some(f) = store.data().exports.on_delete.clone() {
         enter(store, ctx);
-        f.call(&mut *store, ctx as i32)?;
+        timed(store, Callback::Delete, |s| f.call(s, ctx as i32))?;
     }
     store.data_mut().contexts.remove(&ctx);
     Ok(())

@@ -6,6 +6,7 @@ use std::time::Duration;
 use ats_wasm_pool::{Isolation as PoolIsolation, ModuleCompiler, PoolConfig, VmPool, VmTemplate, WasmEngine};
 
 use super::backend::AtsBackend;
+use super::metrics::{Exporter, FilterMetrics};
 use super::one_line;
 use crate::abi::{HostState, PluginInfo, guest, linker_for, validate_module};
 use crate::config::{FilterConfig, Isolation, PluginArgs};
@@ -23,6 +24,8 @@ pub(crate) struct Filter {
     /// `transaction` isolation: one long-lived VM per thread that only runs the root context's
     /// timers (transaction VMs live too briefly to tick).
     pub(crate) tick_pool: Option<VmPool<HostState<AtsBackend>>>,
+    /// Its counters and callback timings.
+    pub(crate) metrics: Arc<FilterMetrics>,
 }
 
 impl Filter {
@@ -34,6 +37,7 @@ impl Filter {
         compiler: &ModuleCompiler,
         cfg: FilterConfig,
         args: &PluginArgs,
+        exporter: Option<&Exporter>,
     ) -> Result<Self, String> {
         let isolation = match cfg.isolation.unwrap_or(args.isolation) {
             Isolation::Shared => PoolIsolation::Shared,
@@ -55,6 +59,7 @@ impl Filter {
             .instantiate_pre(&module)
             .map_err(|e| format!("cannot link module {}: {}", path.display(), one_line(&e)))?;
 
+        let metrics = FilterMetrics::new(&cfg.name, exporter);
         let info = Arc::new(PluginInfo {
             name: cfg.name.clone(),
             root_id: cfg.root_id.clone(),
@@ -64,6 +69,7 @@ impl Filter {
             environment: cfg.environment.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             callback_deadline_ticks: deadline_ticks,
             allowed_capabilities: cfg.allowed_capabilities.clone(),
+            observer: metrics.observer(),
         });
         // The initializer may parse configuration: give it more time than one callback.
         let init_ticks = deadline_ticks.saturating_mul(10).max(5000);
@@ -82,6 +88,6 @@ impl Filter {
         let tick_pool = (tick_period.is_some() && isolation == PoolIsolation::Transaction)
             .then(|| VmPool::with_config(template.clone(), PoolConfig::new(PoolIsolation::Shared, 1)));
         let pool = VmPool::with_config(template, PoolConfig::new(isolation, pool_size));
-        Ok(Filter { name: cfg.name, fail_open: cfg.fail_open, pool, pool_size, tick_period, tick_pool })
+        Ok(Filter { name: cfg.name, fail_open: cfg.fail_open, pool, pool_size, tick_period, tick_pool, metrics })
     }
 }

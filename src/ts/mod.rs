@@ -8,5 +8,6 @@ pub mod hooks;
 pub mod log;
 pub mod net;
 pub mod plugin;
+pub mod stats;
 pub mod sys;
 pub mod txn;
