@@ -2,8 +2,6 @@
 //! callback, each with the right context id, the right effective context and a fresh epoch
 //! deadline. After each callback, contexts that called `proxy_done` are finished.
 
-use std::time::Instant;
-
 use wasmtime::{Instance, Module, Store, TypedFunc, WasmParams, WasmResults};
 
 use ats_wasm_pool::Vm;
@@ -207,21 +205,19 @@ pub fn initialize<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-/// Runs `f` (one guest callback) and tells the filter's observer, if it has one, how long it
-/// took (also when it failed). Without an observer no clock is read.
+/// Runs `f` (one guest callback) between the filter's observer's `start` and `finish`, when it
+/// has an observer (also when the callback fails). Without one no clock is read.
 fn timed<B: Backend, R>(
     store: &mut Store<HostState<B>>,
     callback: Callback,
     f: impl FnOnce(&mut Store<HostState<B>>) -> R,
 ) -> R {
-    if store.data().plugin.observer.0.is_none() {
+    let Some(started) = store.data().plugin.observer.0.as_ref().map(|o| o.start()) else {
         return f(store);
-    }
-    let started = Instant::now();
+    };
     let r = f(store);
-    let elapsed = started.elapsed();
     if let Some(o) = &store.data().plugin.observer.0 {
-        o.observe(callback, elapsed);
+        o.finish(callback, started);
     }
     r
 }

@@ -1,10 +1,9 @@
-//! Timing guest callbacks: [`guest`](super::guest) measures every callback it dispatches and
-//! hands the duration to the filter's [`CallbackObserver`] (set in
+//! Timing guest callbacks: [`guest`](super::guest) brackets every callback it dispatches with
+//! the filter's [`CallbackObserver`] (set in
 //! [`PluginInfo::observer`](super::PluginInfo::observer)). With no observer, no clock is read.
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// A guest callback, as the host dispatches it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -112,11 +111,17 @@ impl Callback {
     }
 }
 
-/// Receives the duration of every guest callback of one filter (whether it returned or
-/// trapped). Called on the thread that ran the callback, right after it: keep it cheap.
+/// Times every guest callback of one filter (whether it returned or trapped): [`start`] right
+/// before the callback, [`finish`] right after it, on the thread that ran it. The observer
+/// chooses the clock. Keep both cheap.
+///
+/// [`start`]: CallbackObserver::start
+/// [`finish`]: CallbackObserver::finish
 pub trait CallbackObserver: Send + Sync {
-    /// `callback` ran for `elapsed`.
-    fn observe(&self, callback: Callback, elapsed: Duration);
+    /// A timestamp, in the observer's own clock, taken before a callback.
+    fn start(&self) -> u64;
+    /// `callback` ran from `started` (a value of [`Self::start`]) until now.
+    fn finish(&self, callback: Callback, started: u64);
 }
 
 /// A filter's optional [`CallbackObserver`].

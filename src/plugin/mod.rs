@@ -214,18 +214,16 @@ pub fn init(args: &[String]) {
         return;
     }
     cont.add_global(HttpHook::ReadRequestHdr);
-    metrics::start(endpoint, filter_snapshots, filter_metrics);
+    metrics::start(endpoint, filter_snapshots);
 }
 
-/// Every filter's name and pool counters (for the metrics threads).
+/// Every filter's name, pool counters and metrics (for the metrics threads).
 fn filter_snapshots() -> Vec<metrics::FilterSnapshot> {
     let filters = PLUGIN.get().map(|p| &p.filters[..]).unwrap_or_default();
-    filters.iter().map(|f| metrics::FilterSnapshot { name: f.name.clone(), pool: f.pool.stats() }).collect()
-}
-
-/// Every filter's counters (for the metrics threads).
-fn filter_metrics() -> Vec<std::sync::Arc<metrics::FilterMetrics>> {
-    PLUGIN.get().map(|p| p.filters.iter().map(|f| f.metrics.clone()).collect()).unwrap_or_default()
+    filters
+        .iter()
+        .map(|f| metrics::FilterSnapshot { name: f.name.clone(), pool: f.pool.stats(), metrics: f.metrics.clone() })
+        .collect()
 }
 
 struct Hooks;
