@@ -258,6 +258,11 @@ fn off_listens_nowhere() {
     assert_eq!(on.metrics_port(), Some(port));
     assert!(http_get(port, "/metrics").is_ok_and(|r| r.status == 200));
     assert_eq!(http_get(port, "/other").unwrap().status, 404);
+    // The endpoint's threads do not hold traffic_server up: SIGTERM ends it (the harness would
+    // SIGKILL only after 10 s).
+    let stopping = Instant::now();
+    on.stop();
+    assert!(stopping.elapsed() < Duration::from_secs(8), "took {:?} to stop", stopping.elapsed());
     drop(on);
 
     let off = Ats::builder()
@@ -337,6 +342,110 @@ fn ats_stats_count_requests_traps_and_outcomes() {
             break;
         }
         assert!(Instant::now() < deadline, "ATS stats not as expected ({exact:?}, requests >= 9):\n{json:#}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A `traffic_manager` (with its `traffic_server`) in its own session; the whole process group
+/// is killed on drop.
+struct Manager {
+    child: std::process::Child,
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = std::process::Command::new("kill").args(["-TERM", "--", &group]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Usually nothing is left to kill.
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn traffic_ctl_metric_match_shows_the_ats_stats() {
+    // 9.2's traffic_ctl talks to traffic_manager, which the harness does not run: start one in
+    // a runroot written by examples/runroot.sh, with the shipped add-headers example.
+    let root = harness::repo_root();
+    let origin = harness::Origin::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = harness::free_port();
+    let written = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            ". {}/examples/runroot.sh && write_runroot {} {port} 1 {} 0",
+            root.display(),
+            d.display(),
+            origin.port()
+        ))
+        .status()
+        .unwrap();
+    assert!(written.success());
+    std::fs::copy(example_wasm("add-headers"), d.join("etc/add_headers.wasm")).unwrap();
+    std::fs::copy(root.join("examples/add-headers/add-headers.yaml"), d.join("etc/add-headers.yaml")).unwrap();
+    std::fs::write(
+        d.join("etc/plugin.config"),
+        format!("{} --metrics-listen=off add-headers.yaml\n", harness::plugin_so().display()),
+    )
+    .unwrap();
+    let runroot = format!("--run-root={}", d.join("runroot.yaml").display());
+    let _manager = Manager {
+        child: std::process::Command::new("setsid")
+            .args(["traffic_manager", &runroot])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(d.join("manager.log")).unwrap())
+            .stderr(std::fs::File::create(d.join("manager.err")).unwrap())
+            .spawn()
+            .expect("starting traffic_manager"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let served = loop {
+        if let Ok(r) = http_get(port, "/tc/0") {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "traffic_manager's ATS did not serve");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(served.header("x-wasm-filter"), Some("add-headers"));
+    for i in 1..5 {
+        assert_eq!(http_get(port, &format!("/tc/{i}")).unwrap().status, 200);
+    }
+    let stats = [
+        "requests",
+        "traps",
+        "deadline_hits",
+        "memory_cap_hits",
+        "fail_open",
+        "fail_closed",
+        "pool_misses",
+        "pool_instantiations",
+        "pool_poisonings",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = std::process::Command::new("traffic_ctl").args([&runroot, "metric", "match", "ats_wasm"]).output();
+        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        let value = |s: &str| -> Option<i64> {
+            let name = format!("proxy.plugin.ats_wasm.add-headers.{s} ");
+            text.lines().find_map(|l| l.strip_prefix(&name)?.trim().parse().ok())
+        };
+        if value("requests").is_some_and(|n| n >= 5) {
+            for s in stats {
+                assert!(value(s).is_some(), "{s} missing:\n{text}");
+            }
+            assert_eq!(value("traps"), Some(0), "{text}");
+            assert_eq!(value("fail_closed"), Some(0), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "traffic_ctl metric match ats_wasm:\n{text}");
         std::thread::sleep(Duration::from_millis(500));
     }
 }

@@ -141,10 +141,10 @@ pub struct Exporter {
 
 impl Exporter {
     /// The recorder of the counters, and the callback clock (calibrated here, once).
-    pub fn new() -> Result<Self, String> {
+    pub fn new() -> Self {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
-        Ok(Exporter { recorder: Arc::new(recorder), handle, clock: quanta::Clock::new() })
+        Exporter { recorder: Arc::new(recorder), handle, clock: quanta::Clock::new() }
     }
 
     fn describe(&self) {
@@ -185,6 +185,12 @@ impl Default for ThreadHooks {
 /// Adds `n` to a counter only the calling thread writes.
 fn bump(c: &AtomicU64, n: u64) {
     c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+impl Default for Exporter {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Times one filter's callbacks into [`HOOK_DURATION`], per thread.
@@ -394,13 +400,7 @@ pub fn prepare(listen: Option<SocketAddr>) -> Option<(TcpListener, Exporter)> {
             return None;
         }
     };
-    match Exporter::new() {
-        Ok(e) => Some((listener, e)),
-        Err(e) => {
-            log::error(format!("ats_wasm: cannot create the Prometheus recorder: {e}; the endpoint is off").as_bytes());
-            None
-        }
-    }
+    Some((listener, Exporter::new()))
 }
 
 /// Starts the endpoint's thread (serving `listener`) and the refresh thread. `filters` reads
@@ -656,7 +656,7 @@ mod tests {
 
     #[test]
     fn hook_timer_records_per_thread_into_explicit_buckets() {
-        let e = Exporter::new().unwrap();
+        let e = Exporter::new();
         let fm = FilterMetrics::new_untracked(&e);
         let t = fm.timer.clone().unwrap();
         t.record(Callback::RequestHeaders, 3_000);
@@ -696,7 +696,7 @@ mod tests {
             ],
         };
         let mut out = String::new();
-        let e = Exporter::new().unwrap();
+        let e = Exporter::new();
         let metrics = FilterMetrics::new_untracked(&e);
         render_pools(&mut out, &[FilterSnapshot { name: "f".into(), pool, metrics }]);
         assert!(out.contains("ats_wasm_pool_ready_vms{filter=\"f\",thread=\"0\"} 2\n"), "{out}");
