@@ -6,10 +6,11 @@ PLUGIN := target/release/libats_wasm.so
 
 # Debian packages: ATS and its headers, libclang for bindgen, the Rust toolchain with the
 # WebAssembly backend and std source for guest modules, clang-22 with the wasm32 runtime for
-# the C example (see examples/README.md), and what the demo and tests use (curl, python3).
+# the C example (see examples/README.md), and what the demo and tests use (curl, python3,
+# prometheus for the dashboard test).
 APT_PACKAGES := trafficserver trafficserver-dev libclang-dev rustc-web cargo-web \
 	rust-web-src rust-web-llvm lld-22 wasi-libc clang-22 libclang-rt-22-dev-wasm32 \
-	libc++-22-dev-wasm32 curl openssl python3 make
+	libc++-22-dev-wasm32 curl openssl python3 make prometheus
 
 .PHONY: all deps build plugin examples test lint demo clean bench
 

@@ -10,9 +10,12 @@
 #   WARMUP [1]          seconds of discarded wrk load on /cached before measuring an instance
 #   CONNECTIONS [50]    wrk connections;  WRK_THREADS [1] wrk threads
 #   NET_THREADS ["1 2"] values of proxy.config.exec_thread.limit
-#   CONFIGS             subset of "none native wasm-shared wasm-transaction wasm-bodies"
-#                       (default: all but wasm-bodies; wasm-bodies = shared + `bodies: response`,
-#                       the cost of a response transform on a header-only filter)
+#   CONFIGS             subset of "none native wasm-shared wasm-transaction wasm-bodies
+#                       wasm-metrics-off" (default: none native wasm-shared wasm-transaction;
+#                       wasm-bodies = shared + `bodies: response`, the cost of a response
+#                       transform on a header-only filter; wasm-metrics-off = shared with
+#                       --metrics-listen=off, the cost of the metrics)
+#   REPORT [latest]     the report's name: benches/results/$REPORT.{md,png}
 #   ATS_CPUS, WRK_CPUS, NGINX_CPUS   taskset CPU lists (defaults depend on nproc; "" = unpinned)
 #   KEEP_TMP=1          keep the temporary runroots and nginx prefix
 set -euo pipefail
@@ -34,6 +37,7 @@ CONNECTIONS=${CONNECTIONS:-50}
 WRK_THREADS=${WRK_THREADS:-1}
 NET_THREADS=${NET_THREADS:-"1 2"}
 CONFIGS=${CONFIGS:-"none native wasm-shared wasm-transaction"}
+REPORT=${REPORT:-latest}
 ncpu=$(nproc)
 if [ "$ncpu" -ge 4 ]; then
   : "${ATS_CPUS=0,1}" "${WRK_CPUS=2}" "${NGINX_CPUS=3}"
@@ -55,7 +59,7 @@ for f in "$plugin" "$wasm" "$native" "$yaml"; do
   [ -f "$f" ] || die "missing $f: run 'make bench' (it builds everything first)"
 done
 for c in $CONFIGS; do
-  case $c in none | native | wasm-shared | wasm-transaction | wasm-bodies) ;; *) die "unknown configuration '$c' in CONFIGS" ;; esac
+  case $c in none | native | wasm-shared | wasm-transaction | wasm-bodies | wasm-metrics-off) ;; *) die "unknown configuration '$c' in CONFIGS" ;; esac
 done
 [[ " $CONFIGS " == *" none "* ]] || die "CONFIGS must include 'none' (the baseline of the ratios)"
 
@@ -167,12 +171,18 @@ start_ats() {
     wasm-shared | wasm-transaction)
       cp "$wasm" "$d/etc/add_headers.wasm"
       cp "$yaml" "$d/etc/add-headers.yaml"
-      echo "$plugin --isolation=${config#wasm-} add-headers.yaml" >"$d/etc/plugin.config"
+      # The Prometheus endpoint is on (as by default), on a free port.
+      echo "$plugin --isolation=${config#wasm-} --metrics-listen=127.0.0.1:$(free_port) add-headers.yaml" >"$d/etc/plugin.config"
+      ;;
+    wasm-metrics-off)
+      cp "$wasm" "$d/etc/add_headers.wasm"
+      cp "$yaml" "$d/etc/add-headers.yaml"
+      echo "$plugin --isolation=shared --metrics-listen=off add-headers.yaml" >"$d/etc/plugin.config"
       ;;
     wasm-bodies)
       cp "$wasm" "$d/etc/add_headers.wasm"
       sed 's/^config:$/config:\n  bodies: response/' "$yaml" >"$d/etc/add-headers.yaml"
-      echo "$plugin --isolation=shared add-headers.yaml" >"$d/etc/plugin.config"
+      echo "$plugin --isolation=shared --metrics-listen=127.0.0.1:$(free_port) add-headers.yaml" >"$d/etc/plugin.config"
       ;;
   esac
   setsid "${ats_pin[@]}" traffic_server --run-root="$d/runroot.yaml" </dev/null >"$d/log/console.log" 2>&1 &
@@ -203,8 +213,8 @@ verify() {
   if [ "$config" = wasm-bodies ]; then
     grep -q '^  bodies: response$' "$ats_dir/etc/add-headers.yaml" || die "$config: add-headers.yaml lacks bodies: response"
   fi
-  if [ "$config" = wasm-transaction ] || [ "$config" = wasm-shared ] || [ "$config" = wasm-bodies ]; then
-    [ "$config" = wasm-bodies ] || grep -q "$plugin --isolation=${config#wasm-}" "$ats_dir/etc/plugin.config" || die "$config: plugin.config is wrong"
+  if [[ $config == wasm-* ]]; then
+    grep -q "^$plugin --isolation=" "$ats_dir/etc/plugin.config" || die "$config: plugin.config is wrong"
     if grep -i 'ats_wasm' "$ats_dir/log/diags.log" | grep -qiE 'error|disabled|skip'; then
       grep -i ats_wasm "$ats_dir/log/diags.log" >&2
       die "$config: ats-wasm reported a problem in diags.log"
@@ -291,7 +301,7 @@ cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 git -C "$root" diff --quiet HEAD -- src pool Cargo.toml Cargo.lock examples 2>/dev/null || commit="$commit (with local changes)"
 "$py" "$root/benches/report.py" \
-  --raw "$raw" --out "$results/latest" \
+  --raw "$raw" --out "$results/$REPORT" \
   --meta "date=$(date -u '+%Y-%m-%d %H:%M UTC')" \
   --meta "nproc=$ncpu" \
   --meta "cpu=${cpu_model:-unknown}" \
@@ -304,4 +314,4 @@ git -C "$root" diff --quiet HEAD -- src pool Cargo.toml Cargo.lock examples 2>/d
   --meta "elapsed=${elapsed}s" \
   --meta "loadavg=$load_before / $load_after"
 echo
-cat "$results/latest.md"
+cat "$results/$REPORT.md"

@@ -14,13 +14,14 @@ import re
 import statistics
 import sys
 
-CONFIG_ORDER = ["none", "native", "wasm-shared", "wasm-transaction", "wasm-bodies"]
+CONFIG_ORDER = ["none", "native", "wasm-shared", "wasm-transaction", "wasm-bodies", "wasm-metrics-off"]
 CONFIG_LABEL = {
     "none": "no plugin",
     "native": "native plugin",
     "wasm-shared": "ats-wasm, shared",
     "wasm-transaction": "ats-wasm, transaction",
     "wasm-bodies": "ats-wasm, shared, bodies: response",
+    "wasm-metrics-off": "ats-wasm, shared, --metrics-listen=off",
 }
 GOAL_RATIO = 0.97  # ats-wasm + add-headers: at least 97% of no-plugin req/s
 GOAL_P99_US = 25.0  # ats-wasm + add-headers: at most 25 µs added p99

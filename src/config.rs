@@ -4,6 +4,7 @@
 //! and relative `code.local.filename`s resolve against the ATS configuration directory. Every
 //! error is one line naming the file (or argument) and the problem; nothing here touches ATS.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use yaml_rust2::{Yaml, YamlLoader, yaml::Hash};
@@ -127,6 +128,9 @@ pub struct PluginArgs {
     /// `--max-vms=N`: how many VMs may exist at once across threads and filters (default
     /// 1000); each reserves address space for `--max-memory` plus guard pages.
     pub max_vms: u32,
+    /// `--metrics-listen=ADDR|off`: where the Prometheus endpoint listens (default
+    /// [`DEFAULT_METRICS_LISTEN`]); `None` (`off`) serves nothing and times nothing.
+    pub metrics_listen: Option<SocketAddr>,
     /// The filter YAML files, absolute, in command-line order.
     pub yaml_files: Vec<PathBuf>,
 }
@@ -139,14 +143,21 @@ impl Default for PluginArgs {
             callback_deadline_ms: 100,
             max_memory_bytes: 64 << 20,
             max_vms: 1000,
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT))),
             yaml_files: Vec::new(),
         }
     }
 }
 
+/// The Prometheus endpoint's default port (on 127.0.0.1).
+pub const DEFAULT_METRICS_PORT: u16 = 9464;
+
+/// The Prometheus endpoint's default address, as written in `--metrics-listen`.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+
 /// The usage line shown with argument errors.
 pub const USAGE: &str = "usage: libats_wasm.so [--pool-size=N] [--isolation=shared] \
-    [--callback-deadline-ms=N] [--max-memory=SIZE] [--max-vms=N] [--metrics-listen=off] FILTER.yaml [FILTER.yaml ...]";
+    [--callback-deadline-ms=N] [--max-memory=SIZE] [--max-vms=N] [--metrics-listen=ADDR:PORT|off] FILTER.yaml [FILTER.yaml ...]";
 
 fn resolve(config_dir: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
@@ -198,10 +209,11 @@ pub fn parse_args(args: &[String], config_dir: &Path) -> Result<PluginArgs, Stri
                 }
                 "max-vms" => out.max_vms = parse_number(&flag, value, 1, 20_000)? as u32,
                 "metrics-listen" => {
-                    if value != "off" {
-                        return Err(format!(
-                            "{flag}: the metrics endpoint is not implemented yet; only \"off\" is accepted"
-                        ));
+                    out.metrics_listen = match value {
+                        "off" => None,
+                        v => Some(v.parse::<SocketAddr>().map_err(|_| {
+                            format!("{flag}: expected IP:PORT (e.g. {DEFAULT_METRICS_LISTEN}) or \"off\", got \"{v}\"")
+                        })?),
                     }
                 }
                 _ => return Err(format!("unknown argument \"{arg}\"; {USAGE}")),
@@ -633,6 +645,25 @@ config:
         .unwrap();
         assert_eq!((a.pool_size, a.callback_deadline_ms, a.max_memory_bytes), (4, 250, 128 << 20));
         assert_eq!(a.max_vms, 50);
+        assert_eq!(a.metrics_listen, None, "off");
+    }
+
+    #[test]
+    fn metrics_listen_defaults_to_loopback_9464_and_takes_an_address_or_off() {
+        assert_eq!(args(&["a.yaml"]).unwrap().metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(
+            args(&["--metrics-listen=0.0.0.0:9100", "a.yaml"]).unwrap().metrics_listen,
+            Some("0.0.0.0:9100".parse().unwrap())
+        );
+        assert_eq!(
+            args(&["--metrics-listen=[::1]:0", "a.yaml"]).unwrap().metrics_listen,
+            Some("[::1]:0".parse().unwrap())
+        );
+        assert_eq!(
+            args(&["--metrics-listen=localhost", "a.yaml"]).unwrap_err(),
+            "--metrics-listen: expected IP:PORT (e.g. 127.0.0.1:9464) or \"off\", got \"localhost\""
+        );
+        assert!(args(&["--metrics-listen=127.0.0.1", "a.yaml"]).is_err(), "a port is required");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use ats_wasm_pool::Vm;
 
 use super::backend::Backend;
 use super::hostcalls::register_context;
+use super::observe::Callback;
 use super::state::{ContextKind, HostState, HttpCallResponse};
 use super::types::{Action, PeerType};
 
@@ -189,7 +190,8 @@ pub fn initialize<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<()> {
     if let Some(f) = exports.on_vm_start {
         store.data_mut().effective_context = root;
         store.data_mut().in_vm_start = true;
-        let r = f.call(&mut *store, (root as i32, len_arg(plugin.vm_configuration.len())));
+        let n = len_arg(plugin.vm_configuration.len());
+        let r = timed(store, Callback::VmStart, |s| f.call(s, (root as i32, n)));
         store.data_mut().in_vm_start = false;
         if r? == 0 {
             wasmtime::bail!("proxy_on_vm_start returned false");
@@ -197,11 +199,29 @@ pub fn initialize<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<()> {
     }
     if let Some(f) = exports.on_configure {
         store.data_mut().effective_context = root;
-        if f.call(&mut *store, (root as i32, len_arg(plugin.plugin_configuration.len())))? == 0 {
+        let n = len_arg(plugin.plugin_configuration.len());
+        if timed(store, Callback::Configure, |s| f.call(s, (root as i32, n)))? == 0 {
             wasmtime::bail!("proxy_on_configure returned false");
         }
     }
     Ok(())
+}
+
+/// Runs `f` (one guest callback) between the filter's observer's `start` and `finish`, when it
+/// has an observer (also when the callback fails). Without one no clock is read.
+fn timed<B: Backend, R>(
+    store: &mut Store<HostState<B>>,
+    callback: Callback,
+    f: impl FnOnce(&mut Store<HostState<B>>) -> R,
+) -> R {
+    let Some(started) = store.data().plugin.observer.0.as_ref().map(|o| o.start()) else {
+        return f(store);
+    };
+    let r = f(store);
+    if let Some(o) = &store.data().plugin.observer.0 {
+        o.finish(callback, started);
+    }
+    r
 }
 
 /// A size as a guest `size_t` argument (saturating: the guest is 32-bit).
@@ -231,6 +251,7 @@ fn enter<B: Backend>(store: &mut Store<HostState<B>>, ctx: u32) {
 fn run<B: Backend, R>(
     vm: &mut ProxyVm<B>,
     ctx: u32,
+    callback: Callback,
     get: impl FnOnce(&GuestExports) -> Option<&R>,
     call: impl FnOnce(&mut Store<HostState<B>>, &R) -> wasmtime::Result<i32>,
 ) -> wasmtime::Result<Option<i32>> {
@@ -240,7 +261,7 @@ fn run<B: Backend, R>(
     let Some(f) = get(&exports) else { return Ok(None) };
     let store = &mut vm.store;
     enter(store, ctx);
-    let r = call(store, f)?;
+    let r = timed(store, callback, |s| call(s, f))?;
     finish_pending(store)?;
     Ok(Some(r))
 }
@@ -249,10 +270,11 @@ fn run<B: Backend, R>(
 fn run_action<B: Backend, R>(
     vm: &mut ProxyVm<B>,
     ctx: u32,
+    callback: Callback,
     get: impl FnOnce(&GuestExports) -> Option<&R>,
     call: impl FnOnce(&mut Store<HostState<B>>, &R) -> wasmtime::Result<i32>,
 ) -> wasmtime::Result<Action> {
-    Ok(run(vm, ctx, get, call)?.map(Action::from_raw).unwrap_or(Action::Continue))
+    Ok(run(vm, ctx, callback, get, call)?.map(Action::from_raw).unwrap_or(Action::Continue))
 }
 
 /// Creates a stream context attached to `stream` (`proxy_on_context_create(id, root_id)`).
@@ -261,7 +283,13 @@ pub fn create_stream_context<B: Backend>(vm: &mut ProxyVm<B>, stream: B::Stream)
     let id = next_context_id(vm.store.data_mut());
     let root = vm.store.data().root_context_id;
     register_context(vm.store.data_mut(), id, ContextKind::Stream(Some(stream)));
-    run(vm, id, |e| e.on_context_create.as_ref(), |s, f| f.call(s, (id as i32, root as i32)).map(|()| 0))?;
+    run(
+        vm,
+        id,
+        Callback::ContextCreate,
+        |e| e.on_context_create.as_ref(),
+        |s, f| f.call(s, (id as i32, root as i32)).map(|()| 0),
+    )?;
     Ok(id)
 }
 
@@ -283,9 +311,11 @@ fn call_headers<B: Backend>(
     fn pick(e: &GuestExports, response: bool) -> Option<&HeadersFn> {
         if response { e.on_response_headers.as_ref() } else { e.on_request_headers.as_ref() }
     }
+    let callback = if response { Callback::ResponseHeaders } else { Callback::RequestHeaders };
     run_action(
         vm,
         ctx,
+        callback,
         |e| pick(e, response),
         |s, f| match f {
             HeadersFn::V1(f) => f.call(s, (ctx as i32, n)),
@@ -323,7 +353,13 @@ pub fn on_request_body<B: Backend>(
     eos: bool,
 ) -> wasmtime::Result<Action> {
     let n = len_arg(body_size);
-    run_action(vm, ctx, |e| e.on_request_body.as_ref(), |s, f| f.call(s, (ctx as i32, n, eos as i32)))
+    run_action(
+        vm,
+        ctx,
+        Callback::RequestBody,
+        |e| e.on_request_body.as_ref(),
+        |s, f| f.call(s, (ctx as i32, n, eos as i32)),
+    )
 }
 
 /// `proxy_on_response_body(ctx, body_size, end_of_stream)`.
@@ -334,13 +370,25 @@ pub fn on_response_body<B: Backend>(
     eos: bool,
 ) -> wasmtime::Result<Action> {
     let n = len_arg(body_size);
-    run_action(vm, ctx, |e| e.on_response_body.as_ref(), |s, f| f.call(s, (ctx as i32, n, eos as i32)))
+    run_action(
+        vm,
+        ctx,
+        Callback::ResponseBody,
+        |e| e.on_response_body.as_ref(),
+        |s, f| f.call(s, (ctx as i32, n, eos as i32)),
+    )
 }
 
 /// `proxy_on_request_trailers(ctx, num_trailers)`.
 pub fn on_request_trailers<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, num_trailers: usize) -> wasmtime::Result<Action> {
     let n = len_arg(num_trailers);
-    run_action(vm, ctx, |e| e.on_request_trailers.as_ref(), |s, f| f.call(s, (ctx as i32, n)))
+    run_action(
+        vm,
+        ctx,
+        Callback::RequestTrailers,
+        |e| e.on_request_trailers.as_ref(),
+        |s, f| f.call(s, (ctx as i32, n)),
+    )
 }
 
 /// `proxy_on_response_trailers(ctx, num_trailers)`.
@@ -350,12 +398,18 @@ pub fn on_response_trailers<B: Backend>(
     num_trailers: usize,
 ) -> wasmtime::Result<Action> {
     let n = len_arg(num_trailers);
-    run_action(vm, ctx, |e| e.on_response_trailers.as_ref(), |s, f| f.call(s, (ctx as i32, n)))
+    run_action(
+        vm,
+        ctx,
+        Callback::ResponseTrailers,
+        |e| e.on_response_trailers.as_ref(),
+        |s, f| f.call(s, (ctx as i32, n)),
+    )
 }
 
 /// `proxy_on_new_connection(ctx)` for an L4 stream context.
 pub fn on_new_connection<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32) -> wasmtime::Result<Action> {
-    run_action(vm, ctx, |e| e.on_new_connection.as_ref(), |s, f| f.call(s, ctx as i32))
+    run_action(vm, ctx, Callback::NewConnection, |e| e.on_new_connection.as_ref(), |s, f| f.call(s, ctx as i32))
 }
 
 /// `proxy_on_downstream_data(ctx, data_size, end_of_stream)`.
@@ -366,13 +420,25 @@ pub fn on_downstream_data<B: Backend>(
     eos: bool,
 ) -> wasmtime::Result<Action> {
     let n = len_arg(size);
-    run_action(vm, ctx, |e| e.on_downstream_data.as_ref(), |s, f| f.call(s, (ctx as i32, n, eos as i32)))
+    run_action(
+        vm,
+        ctx,
+        Callback::DownstreamData,
+        |e| e.on_downstream_data.as_ref(),
+        |s, f| f.call(s, (ctx as i32, n, eos as i32)),
+    )
 }
 
 /// `proxy_on_upstream_data(ctx, data_size, end_of_stream)`.
 pub fn on_upstream_data<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, size: usize, eos: bool) -> wasmtime::Result<Action> {
     let n = len_arg(size);
-    run_action(vm, ctx, |e| e.on_upstream_data.as_ref(), |s, f| f.call(s, (ctx as i32, n, eos as i32)))
+    run_action(
+        vm,
+        ctx,
+        Callback::UpstreamData,
+        |e| e.on_upstream_data.as_ref(),
+        |s, f| f.call(s, (ctx as i32, n, eos as i32)),
+    )
 }
 
 /// `proxy_on_downstream_connection_close(ctx, peer_type)`.
@@ -384,6 +450,7 @@ pub fn on_downstream_connection_close<B: Backend>(
     run(
         vm,
         ctx,
+        Callback::DownstreamConnectionClose,
         |e| e.on_downstream_connection_close.as_ref(),
         |s, f| f.call(s, (ctx as i32, peer as i32)).map(|()| 0),
     )?;
@@ -392,14 +459,20 @@ pub fn on_downstream_connection_close<B: Backend>(
 
 /// `proxy_on_upstream_connection_close(ctx, peer_type)`.
 pub fn on_upstream_connection_close<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, peer: PeerType) -> wasmtime::Result<()> {
-    run(vm, ctx, |e| e.on_upstream_connection_close.as_ref(), |s, f| f.call(s, (ctx as i32, peer as i32)).map(|()| 0))?;
+    run(
+        vm,
+        ctx,
+        Callback::UpstreamConnectionClose,
+        |e| e.on_upstream_connection_close.as_ref(),
+        |s, f| f.call(s, (ctx as i32, peer as i32)).map(|()| 0),
+    )?;
     Ok(())
 }
 
 /// `proxy_on_tick(root_context_id)`: the timer set with `proxy_set_tick_period_milliseconds`.
 pub fn on_tick<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<()> {
     let root = vm.store.data().root_context_id;
-    run(vm, root, |e| e.on_tick.as_ref(), |s, f| f.call(s, root as i32).map(|()| 0))?;
+    run(vm, root, Callback::Tick, |e| e.on_tick.as_ref(), |s, f| f.call(s, root as i32).map(|()| 0))?;
     Ok(())
 }
 
@@ -412,6 +485,7 @@ pub fn on_queue_ready<B: Backend>(vm: &mut ProxyVm<B>, context_id: u32, queue_id
     run(
         vm,
         context_id,
+        Callback::QueueReady,
         |e| e.on_queue_ready.as_ref(),
         |s, f| f.call(s, (context_id as i32, queue_id as i32)).map(|()| 0),
     )?;
@@ -438,6 +512,7 @@ pub fn on_http_call_response<B: Backend>(
     let r = run(
         vm,
         effective,
+        Callback::HttpCallResponse,
         |e| e.on_http_call_response.as_ref(),
         |s, f| f.call(s, (root as i32, token as i32, nh, nb, nt)).map(|()| 0),
     );
@@ -455,6 +530,7 @@ pub fn on_foreign_function<B: Backend>(vm: &mut ProxyVm<B>, function_id: u32, ar
     let r = run(
         vm,
         root,
+        Callback::ForeignFunction,
         |e| e.on_foreign_function.as_ref(),
         |s, f| f.call(s, (root as i32, function_id as i32, n)).map(|()| 0),
     );
@@ -483,7 +559,7 @@ fn finish_context<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, detach: bool) -> wa
     let done = match &exports.on_done {
         Some(f) => {
             enter(store, ctx);
-            f.call(&mut *store, ctx as i32)? != 0
+            timed(store, Callback::Done, |s| f.call(s, ctx as i32))? != 0
         }
         None => true,
     };
@@ -505,11 +581,11 @@ fn log_and_delete<B: Backend>(store: &mut Store<HostState<B>>, ctx: u32) -> wasm
     let exports = Arc::clone(&store.data().exports);
     if let Some(f) = &exports.on_log {
         enter(store, ctx);
-        f.call(&mut *store, ctx as i32)?;
+        timed(store, Callback::Log, |s| f.call(s, ctx as i32))?;
     }
     if let Some(f) = &exports.on_delete {
         enter(store, ctx);
-        f.call(&mut *store, ctx as i32)?;
+        timed(store, Callback::Delete, |s| f.call(s, ctx as i32))?;
     }
     store.data_mut().contexts.remove(&ctx);
     Ok(())

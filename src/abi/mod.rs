@@ -7,7 +7,7 @@
 //! maps), [`buffers`] (buffer ranges and edits), [`properties`] (property paths and value
 //! encodings), [`backend`] (the proxy side), [`state`] (per-VM host state), [`shared`]
 //! (process-wide shared data and queues), [`metrics`] (the process-wide metrics registry),
-//! [`capabilities`] (`allowed_capabilities`), [`hostcalls`] and [`wasi`] (functions the guest
+//! [`observe`] (timing callbacks), [`capabilities`] (`allowed_capabilities`), [`hostcalls`] and [`wasi`] (functions the guest
 //! imports), [`guest`] (callbacks into the guest).
 
 pub mod backend;
@@ -17,6 +17,7 @@ pub mod guest;
 pub mod hostcalls;
 pub mod memory;
 pub mod metrics;
+pub mod observe;
 pub mod properties;
 pub mod serialization;
 pub mod shared;
@@ -32,6 +33,7 @@ pub use backend::{Backend, HttpCallRequest, LocalResponse, QueueTarget};
 pub use guest::{AbiVersion, ProxyVm, validate_module};
 pub use hostcalls::linker_for;
 pub use metrics::{MetricSnapshot, Metrics};
+pub use observe::{Callback, CallbackObserver, Observer};
 pub use shared::Shared;
 pub use state::{HostState, HttpCallResponse, PluginInfo};
 pub use types::{Action, BufferType, LogLevel, MapType, MetricType, PeerType, Status, StreamType};

@@ -33,6 +33,8 @@ pub struct PluginInfo {
     /// `capability_restriction_config.allowed_capabilities`: the host functions the filter may
     /// call; `None` or empty allows all (see [`super::capabilities`]).
     pub allowed_capabilities: Option<Vec<String>>,
+    /// Told the duration of every guest callback (none: callbacks are not timed).
+    pub observer: super::observe::Observer,
 }
 
 /// A context the host created in this VM.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use ats_wasm_pool::{Isolation as PoolIsolation, ModuleCompiler, PoolConfig, VmPool, VmTemplate, WasmEngine};
 
 use super::backend::AtsBackend;
+use super::metrics::{Exporter, FilterMetrics};
 use super::one_line;
 use crate::abi::{HostState, PluginInfo, guest, linker_for, validate_module};
 use crate::config::{Bodies, FilterConfig, Isolation, PluginArgs};
@@ -29,6 +30,8 @@ pub(crate) struct Filter {
     pub(crate) max_body_bytes: usize,
     /// `config.cache_transformed`: whether its transformed responses replace the cached copy.
     pub(crate) cache_transformed: bool,
+    /// Its counters and callback timings.
+    pub(crate) metrics: Arc<FilterMetrics>,
 }
 
 impl Filter {
@@ -40,6 +43,7 @@ impl Filter {
         compiler: &ModuleCompiler,
         cfg: FilterConfig,
         args: &PluginArgs,
+        exporter: Option<&Exporter>,
     ) -> Result<Self, String> {
         let isolation = match cfg.isolation.unwrap_or(args.isolation) {
             Isolation::Shared => PoolIsolation::Shared,
@@ -61,6 +65,7 @@ impl Filter {
             .instantiate_pre(&module)
             .map_err(|e| format!("cannot link module {}: {}", path.display(), one_line(&e)))?;
 
+        let metrics = FilterMetrics::new(&cfg.name, exporter);
         let info = Arc::new(PluginInfo {
             name: cfg.name.clone(),
             root_id: cfg.root_id.clone(),
@@ -70,6 +75,7 @@ impl Filter {
             environment: cfg.environment.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             callback_deadline_ticks: deadline_ticks,
             allowed_capabilities: cfg.allowed_capabilities.clone(),
+            observer: metrics.observer(),
         });
         // The initializer may parse configuration: give it more time than one callback.
         let init_ticks = deadline_ticks.saturating_mul(10).max(5000);
@@ -104,6 +110,7 @@ impl Filter {
             bodies: cfg.bodies,
             max_body_bytes: cfg.max_body_bytes,
             cache_transformed: cfg.cache_transformed,
+            metrics,
         })
     }
 }

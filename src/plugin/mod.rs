@@ -14,6 +14,7 @@ pub mod backend;
 mod body;
 mod filter;
 mod http_call;
+pub mod metrics;
 pub mod properties;
 
 use std::cell::{Cell, RefCell};
@@ -30,6 +31,7 @@ use crate::ts::log;
 use crate::ts::txn::{Resume, Txn, TxnSlot};
 use backend::{AtsBackend, Phase, StreamControl, TxnStream, next_stream_control, take_stream_control};
 use filter::Filter;
+use metrics::FailureReason;
 
 /// Everything the hooks need, set once by [`init`].
 struct Plugin {
@@ -214,12 +216,13 @@ pub fn init(args: &[String]) {
             return;
         }
     };
+    let endpoint = metrics::prepare(args.metrics_listen);
     // Compiles each distinct module once per process.
     let compiler = ModuleCompiler::new(engine.engine(), None);
 
     let mut filters = Vec::new();
     for (path, cfg) in configs {
-        match Filter::load(&engine, &compiler, cfg, &args) {
+        match Filter::load(&engine, &compiler, cfg, &args, endpoint.as_ref().map(|(_, e)| e)) {
             Ok(f) => {
                 log::note(format!("ats_wasm: filter \"{}\" loaded from {}", f.name, path.display()).as_bytes());
                 filters.push(f);
@@ -241,6 +244,16 @@ pub fn init(args: &[String]) {
         return;
     }
     cont.add_global(HttpHook::ReadRequestHdr);
+    metrics::start(endpoint, filter_snapshots);
+}
+
+/// Every filter's name, pool counters and metrics (for the metrics threads).
+fn filter_snapshots() -> Vec<metrics::FilterSnapshot> {
+    let filters = PLUGIN.get().map(|p| &p.filters[..]).unwrap_or_default();
+    filters
+        .iter()
+        .map(|f| metrics::FilterSnapshot { name: f.name.clone(), pool: f.pool.stats(), metrics: f.metrics.clone() })
+        .collect()
 }
 
 struct Hooks;
@@ -280,13 +293,13 @@ fn memory_size(vm: &mut guest::ProxyVm<AtsBackend>) -> Option<usize> {
 /// Names why a guest callback failed: its deadline (epoch interrupt), the memory cap (the
 /// guest's memory is within one page of `--max-memory`, so its allocator failed and it
 /// aborted), or a trap.
-fn failure_kind(err: &wasmtime::Error, memory: Option<usize>, cap: usize) -> &'static str {
+fn failure_kind(err: &wasmtime::Error, memory: Option<usize>, cap: usize) -> (&'static str, FailureReason) {
     if matches!(err.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
-        "deadline exceeded"
+        ("deadline exceeded", FailureReason::Deadline)
     } else if memory.is_some_and(|m| m + 65536 > cap) {
-        "memory cap reached"
+        ("memory cap reached", FailureReason::MemoryCap)
     } else {
-        "trap"
+        ("trap", FailureReason::Trap)
     }
 }
 
@@ -324,6 +337,7 @@ impl Plugin {
             "fail_closed: the transaction fails"
         };
         log::error(format!("ats_wasm: filter \"{}\": {what} failed: {}; {policy}", f.name, one_line(err)).as_bytes());
+        f.metrics.outcome(f.fail_open);
         if f.fail_open { Resume::Continue } else { Resume::Error }
     }
 
@@ -339,7 +353,8 @@ impl Plugin {
         let memory = f.pool.with_leased(&mut lease, memory_size).ok().flatten();
         f.pool.poison_leased(&mut lease);
         f.pool.release(lease);
-        let why = failure_kind(err, memory, self.max_memory_bytes);
+        let (why, reason) = failure_kind(err, memory, self.max_memory_bytes);
+        f.metrics.callback_failed(reason);
         self.failed(f, &format!("{what} ({why})"), err)
     }
 
@@ -349,6 +364,7 @@ impl Plugin {
             // Reported once when creation first failed; the back-off itself is not news.
             PoolError::BackingOff => {
                 log::debug(format!("[{}] {what}: {err}", f.name).as_bytes());
+                f.metrics.outcome(f.fail_open);
                 if f.fail_open { Resume::Continue } else { Resume::Error }
             }
             _ => self.failed(f, what, err),
@@ -404,7 +420,10 @@ impl Plugin {
         let stream = TxnStream { txn, phase: Phase::Request };
         for (i, f) in self.filters.iter().enumerate().skip(from) {
             let mut lease = match f.pool.lease() {
-                Ok(l) => l,
+                Ok(l) => {
+                    f.metrics.request();
+                    l
+                }
                 Err(e) => {
                     if self.pool_failed(f, "getting a VM", &e) == Resume::Error {
                         return Self::fail_closed_local(txn, &f.name);
@@ -610,6 +629,7 @@ impl Plugin {
         });
         for (r, e) in failed {
             pool.poison(r);
+            f.metrics.callback_failed(failure_kind(&e, None, self.max_memory_bytes).1);
             log::error(
                 format!("ats_wasm: filter \"{}\": proxy_on_tick failed: {}; the VM is replaced", f.name, one_line(&e))
                     .as_bytes(),
@@ -644,6 +664,7 @@ impl Plugin {
                 });
                 for (r, e) in failed {
                     pool.poison(r);
+                    f.metrics.callback_failed(failure_kind(&e, None, self.max_memory_bytes).1);
                     log::error(
                         format!(
                             "ats_wasm: filter \"{}\": proxy_on_queue_ready failed: {}; the VM is replaced",

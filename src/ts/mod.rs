@@ -9,6 +9,7 @@ pub mod hooks;
 pub mod log;
 pub mod net;
 pub mod plugin;
+pub mod stats;
 pub mod sys;
 pub mod transform;
 pub mod txn;

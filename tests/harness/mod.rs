@@ -1004,8 +1004,15 @@ impl AtsBuilder {
 
     /// Adds the plugin.config line `<plugin_so()> <args...>` (builds the plugin first).
     /// Relative paths in `args` resolve against the config dir (see [`Self::config_file`]).
+    ///
+    /// Unless `args` has a `--metrics-listen`, `--metrics-listen=127.0.0.1:0` comes first: each
+    /// ATS gets its own free Prometheus port (the plugin's default, 9464, would clash between
+    /// tests running at once); [`Ats::metrics_port`] reads which one.
     pub fn plugin(self, args: &[&str]) -> Self {
         let mut line = plugin_so().display().to_string();
+        if !args.iter().any(|a| a.starts_with("--metrics-listen")) {
+            line.push_str(" --metrics-listen=127.0.0.1:0");
+        }
         for a in args {
             line.push(' ');
             line.push_str(a);
@@ -1331,6 +1338,22 @@ impl Ats {
     /// The current contents of `<log_dir>/diags.log` (TSNote/TSError/TSWarning, ATS notes).
     pub fn diags_log(&self) -> String {
         read_lossy(&self.log_dir.join("diags.log"))
+    }
+
+    /// The port of the plugin's Prometheus endpoint, from its diags.log note (`Prometheus
+    /// endpoint on http://127.0.0.1:<port>/metrics`); `None` if none appears within 5 s.
+    pub fn metrics_port(&self) -> Option<u16> {
+        const NOTE: &str = "Prometheus endpoint on http://";
+        let mut port = None;
+        wait_until(Duration::from_secs(5), || {
+            let diags = self.diags_log();
+            port = diags.lines().find_map(|l| {
+                let addr = l.split(NOTE).nth(1)?.split('/').next()?;
+                addr.rsplit(':').next()?.parse().ok()
+            });
+            port.is_some()
+        });
+        port
     }
 
     /// traffic_server's stdout+stderr (TSDebug output with the enabled tags goes here).

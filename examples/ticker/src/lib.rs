@@ -11,16 +11,22 @@
 //! it into shared data (`ticker.last`), and later responses show it as `x-last-dequeued`. (In `transaction` isolation ticks run in a separate per-thread VM,
 //! which cannot resume other VMs' requests: don't use `x-hold` there.)
 //!
+//! It also defines three guest metrics (process-wide, shared by all its VMs), exported by
+//! ats-wasm's Prometheus endpoint: the counter `ticker.ticks` (ticks of all VMs), the gauge
+//! `ticker.held_requests` (requests held right now) and the histogram `ticker.tick_interval_ms`
+//! (milliseconds between two ticks of one VM).
+//!
 //! ```json
 //! {"period_ms": 100}
 //! ```
 
-use std::cell::RefCell;
-use std::time::Duration;
+use std::cell::{Cell, RefCell};
+use std::time::{Duration, SystemTime};
 
 use log::{error, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, Status};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
 use serde::Deserialize;
 
 const KEY: &str = "ticker.count";
@@ -30,6 +36,32 @@ const LAST: &str = "ticker.last";
 thread_local! {
     /// Context ids of the requests this VM holds until its next tick.
     static HELD: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// This VM's metric ids, once defined in `on_configure`.
+    static METRICS: Cell<Option<Metrics>> = const { Cell::new(None) };
+    /// When this VM last ticked.
+    static LAST_TICK: Cell<Option<SystemTime>> = const { Cell::new(None) };
+}
+
+/// The ids of the metrics this filter defines.
+#[derive(Clone, Copy)]
+struct Metrics {
+    ticks: u32,
+    held: u32,
+    interval: u32,
+}
+
+impl Metrics {
+    fn define() -> Result<Self, Status> {
+        Ok(Metrics {
+            ticks: hostcalls::define_metric(MetricType::Counter, "ticker.ticks")?,
+            held: hostcalls::define_metric(MetricType::Gauge, "ticker.held_requests")?,
+            interval: hostcalls::define_metric(MetricType::Histogram, "ticker.tick_interval_ms")?,
+        })
+    }
+
+    fn get() -> Option<Self> {
+        METRICS.with(Cell::get)
+    }
 }
 
 proxy_wasm::main! {{
@@ -66,6 +98,10 @@ impl RootContext for TickerRoot {
             Ok(c) => {
                 self.set_tick_period(Duration::from_millis(c.period_ms));
                 self.register_shared_queue(QUEUE);
+                match Metrics::define() {
+                    Ok(m) => METRICS.with(|c| c.set(Some(m))),
+                    Err(e) => warn!("ticker: cannot define metrics: {e:?}"),
+                }
                 true
             }
             Err(e) => {
@@ -76,6 +112,15 @@ impl RootContext for TickerRoot {
     }
 
     fn on_tick(&mut self) {
+        let now = self.get_current_time();
+        if let Some(m) = Metrics::get() {
+            let _ = hostcalls::increment_metric(m.ticks, 1);
+            if let Some(last) = LAST_TICK.with(Cell::get) {
+                let ms = now.duration_since(last).unwrap_or_default().as_millis();
+                let _ = hostcalls::record_metric(m.interval, ms.min(u64::MAX as u128) as u64);
+            }
+        }
+        LAST_TICK.with(|t| t.set(Some(now)));
         // Several VMs tick concurrently: retry on CAS mismatch.
         for _ in 0..16 {
             let (n, cas) = read_count(self);
@@ -88,7 +133,13 @@ impl RootContext for TickerRoot {
                 }
             }
         }
-        for ctx in HELD.with(|h| std::mem::take(&mut *h.borrow_mut())) {
+        let held = HELD.with(|h| std::mem::take(&mut *h.borrow_mut()));
+        if let Some(m) = Metrics::get()
+            && !held.is_empty()
+        {
+            let _ = hostcalls::increment_metric(m.held, -(held.len() as i64));
+        }
+        for ctx in held {
             // The request may be gone already: then the host refuses the context.
             if proxy_wasm::hostcalls::set_effective_context(ctx).is_ok() {
                 let _ = proxy_wasm::hostcalls::resume_http_request();
@@ -135,6 +186,9 @@ impl HttpContext for TickerHttp {
         }
         if self.get_http_request_header("x-hold").is_some() {
             HELD.with(|h| h.borrow_mut().push(self.id));
+            if let Some(m) = Metrics::get() {
+                let _ = hostcalls::increment_metric(m.held, 1);
+            }
             self.held = true;
             return Action::Pause;
         }

@@ -213,3 +213,48 @@ fn a_trapping_callback_is_an_error_not_a_panic() {
     let err = guest::on_request_headers(&mut vm, ctx, 0, true).unwrap_err();
     assert!(format!("{err:#}").contains("out of bounds memory access"), "{err:#}");
 }
+
+/// Records every callback it is told about.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<super::Callback>>);
+
+impl super::CallbackObserver for Recorder {
+    fn start(&self) -> u64 {
+        42
+    }
+
+    fn finish(&self, callback: super::Callback, started: u64) {
+        assert_eq!(started, 42, "finish gets what start returned");
+        self.0.lock().unwrap().push(callback);
+    }
+}
+
+#[test]
+fn an_observer_is_told_of_every_callback_the_guest_exports() {
+    use super::Callback::*;
+    let engine = engine();
+    let rec = Arc::new(Recorder::default());
+    let info = PluginInfo {
+        name: "timed".into(),
+        plugin_configuration: br#"{"request_headers": {"x-req": "1"}}"#.to_vec(),
+        observer: super::Observer(Some(rec.clone())),
+        ..PluginInfo::default()
+    };
+    let mut vm = vm_with(&engine, &example("add-headers"), info, Arc::default(), Arc::default()).unwrap();
+    {
+        let b = &mut vm.store.data_mut().backend;
+        b.set_map(3, MapType::RequestHeaders, &[("host", "example.com")]);
+        b.set_map(3, MapType::ResponseHeaders, &[("content-type", "text/plain")]);
+    }
+    let ctx = guest::create_stream_context(&mut vm, 3).unwrap();
+    guest::on_request_headers(&mut vm, ctx, 0, true).unwrap();
+    guest::on_response_headers(&mut vm, ctx, 0, true).unwrap();
+    guest::finish_stream_context(&mut vm, ctx).unwrap();
+    let seen = rec.0.lock().unwrap().clone();
+    // The Rust SDK exports every callback.
+    assert_eq!(
+        seen,
+        vec![VmStart, Configure, ContextCreate, RequestHeaders, ResponseHeaders, Done, Log, Delete],
+        "in dispatch order"
+    );
+}
