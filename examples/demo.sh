@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: starts a private Apache Traffic Server on loopback with ats-wasm and the
 # add-headers example filter in front of a loopback echo origin, sends one request through it,
-# prints the response headers and what the origin saw, then serves until Ctrl-C and cleans up.
+# prints the response headers, what the origin saw and the plugin's Prometheus metrics, then
+# serves until Ctrl-C and cleans up.
 # Set DEMO_SERVE=0 to stop right after the request (used by CI). Everything lives in .demo/.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,7 +12,7 @@ wasm="$root/examples/target/wasm32-unknown-unknown/release/add_headers.wasm"
 for f in "$plugin" "$wasm"; do [ -f "$f" ] || { echo "missing $f: run 'make build'" >&2; exit 1; }; done
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-ats_port=$(free_port); origin_port=$(free_port)
+ats_port=$(free_port); origin_port=$(free_port); metrics_port=$(free_port)
 
 rm -rf "$demo"
 # shellcheck source=examples/runroot.sh
@@ -19,7 +20,8 @@ rm -rf "$demo"
 write_runroot "$demo" "$ats_port" 2 "$origin_port" 1
 cp "$wasm" "$demo/etc/add_headers.wasm"
 cp "$root/examples/add-headers/add-headers.yaml" "$demo/etc/add-headers.yaml"
-echo "$plugin add-headers.yaml" > "$demo/etc/plugin.config"
+# The Prometheus endpoint on a free port (the default is 127.0.0.1:9464).
+echo "$plugin --metrics-listen=127.0.0.1:$metrics_port add-headers.yaml" > "$demo/etc/plugin.config"
 
 # The origin: answers every request with the request head it received.
 cat > "$demo/origin.py" <<'PY'
@@ -58,8 +60,15 @@ curl -sS -i "http://127.0.0.1:$ats_port/hello" | tr -d '\r' | sed 's/^/   /'
 echo
 echo "== ats-wasm in diags.log:"
 grep ats_wasm "$demo/log/diags.log" | sed 's/^/   /' || true
+echo
+# A few more requests, so the histograms have something to show.
+for i in 1 2 3 4; do curl -sS -o /dev/null "http://127.0.0.1:$ats_port/hello/$i"; done
+echo "== curl http://127.0.0.1:$metrics_port/metrics (request/response callback counts, pool, failures)"
+curl -sS "http://127.0.0.1:$metrics_port/metrics" |
+  grep -E '^ats_wasm_(hook_duration_seconds_(count|sum)\{[^}]*hook="(request|response)_headers"|pool_(ready|leased)_vms|pool_instantiations_total|callback_failures_total|failure_outcomes_total)' |
+  sed 's/^/   /' || true
 if [ "${DEMO_SERVE:-1}" = 1 ] && [ -t 0 ]; then
   echo
-  echo "Serving on http://127.0.0.1:$ats_port/ — press Ctrl-C to stop."
+  echo "Serving on http://127.0.0.1:$ats_port/ (metrics on http://127.0.0.1:$metrics_port/metrics) — press Ctrl-C to stop."
   wait
 fi

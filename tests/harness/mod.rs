@@ -322,6 +322,11 @@ fn origin_serve_conn(stream: TcpStream, shared: &OriginShared) -> io::Result<()>
         }
         out.push_str("Content-Type: text/plain\r\n");
         out.push_str(&format!("X-Origin-Count: {seq}\r\n"));
+        if is_probe && let Ok(me) = writer.local_addr() {
+            // Which origin answered: a probe answered through another test's ATS (that won a
+            // race for the same free port) names another origin.
+            out.push_str(&format!("X-Harness-Origin: {}\r\n", me.port()));
+        }
         for (k, v) in &query {
             if k == "header"
                 && let Some((name, value)) = v.split_once(':')
@@ -1174,9 +1179,17 @@ impl AtsBuilder {
                 return Err(launched.failure(&format!("traffic_server did not get ready within {READY_TIMEOUT:?}")));
             }
             probe += 1;
-            let ok = Client::connect_timeout(port, Duration::from_secs(2))
-                .and_then(|mut c| c.get(&format!("/__ready?probe={probe}"), &[("Connection", "close")]))
-                .is_ok();
+            let answer = Client::connect_timeout(port, Duration::from_secs(2))
+                .and_then(|mut c| c.get(&format!("/__ready?probe={probe}"), &[("Connection", "close")]));
+            let ok = answer.is_ok();
+            let foreign = answer.as_ref().ok().and_then(|r| r.header("x-harness-origin").map(str::to_string));
+            if let Some(other) = foreign.filter(|o| *o != self.origin.port().to_string()) {
+                // Another test's ATS holds this port (ours cannot bind it): start over elsewhere.
+                kill_group_and_reap(&mut launched.child, Duration::from_secs(2));
+                let mut e = launched.failure(&format!("port {port} is served by another ATS (origin {other})"));
+                e.port_clash = true;
+                return Err(e);
+            }
             if ok && !child_exited(pid) {
                 launched.started_in = Some(started.elapsed());
                 return Ok(launched);
