@@ -2,7 +2,7 @@
 //! callback, each with the right context id, the right effective context and a fresh epoch
 //! deadline. After each callback, contexts that called `proxy_done` are finished.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use wasmtime::{Instance, Module, Store, TypedFunc, WasmParams, WasmResults};
 
@@ -31,8 +31,58 @@ pub enum AbiVersion {
 }
 
 /// Checks that `module` is a Proxy-Wasm module this host can run: it declares an ABI version,
-/// exports its memory and an allocator. The error says exactly what is missing.
+/// exports its memory and an allocator, and every `proxy_on_*` callback it exports has the
+/// ABI's signature. The error says exactly what is missing or wrong.
 pub fn validate_module(module: &Module) -> Result<AbiVersion, String> {
+    let version = abi_version(module)?;
+    let headers_params = if version == AbiVersion::V0_1_0 { 2 } else { 3 };
+    // (callback, number of i32 parameters, whether it returns an i32)
+    let callbacks: [(&str, usize, bool); 21] = [
+        ("proxy_on_context_create", 2, false),
+        ("proxy_on_vm_start", 2, true),
+        ("proxy_on_configure", 2, true),
+        ("proxy_on_tick", 1, false),
+        ("proxy_on_queue_ready", 2, false),
+        ("proxy_on_request_headers", headers_params, true),
+        ("proxy_on_request_body", 3, true),
+        ("proxy_on_request_trailers", 2, true),
+        ("proxy_on_response_headers", headers_params, true),
+        ("proxy_on_response_body", 3, true),
+        ("proxy_on_response_trailers", 2, true),
+        ("proxy_on_http_call_response", 5, false),
+        ("proxy_on_foreign_function", 3, false),
+        ("proxy_on_new_connection", 1, true),
+        ("proxy_on_downstream_data", 3, true),
+        ("proxy_on_upstream_data", 3, true),
+        ("proxy_on_downstream_connection_close", 2, false),
+        ("proxy_on_upstream_connection_close", 2, false),
+        ("proxy_on_done", 1, true),
+        ("proxy_on_log", 1, false),
+        ("proxy_on_delete", 1, false),
+    ];
+    for (name, params, returns) in callbacks {
+        let Some(ty) = module.get_export(name) else { continue };
+        let ok = match &ty {
+            wasmtime::ExternType::Func(f) => {
+                let is_i32 = |t: wasmtime::ValType| matches!(t, wasmtime::ValType::I32);
+                f.params().len() == params
+                    && f.params().all(is_i32)
+                    && f.results().len() == usize::from(returns)
+                    && f.results().all(is_i32)
+            }
+            _ => false,
+        };
+        if !ok {
+            let want = format!("({}){}", vec!["i32"; params].join(", "), if returns { " -> i32" } else { "" });
+            return Err(format!("export {name} has the wrong type: expected a function {want}"));
+        }
+    }
+    Ok(version)
+}
+
+/// The module's ABI version, after checking it exports its memory and an allocator (what
+/// every VM needs; [`validate_module`] checks the rest once per module).
+fn abi_version(module: &Module) -> Result<AbiVersion, String> {
     let has = |name: &str| module.get_export(name).is_some();
     let version = if has("proxy_abi_version_0_2_1") {
         AbiVersion::V0_2_1
@@ -68,30 +118,122 @@ type F3 = TypedFunc<(i32, i32, i32), ()>;
 type F3R = TypedFunc<(i32, i32, i32), i32>;
 type F5 = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
-/// The guest's callbacks, looked up once per VM. Absent callbacks are `None` (all are optional).
-#[derive(Clone, Default)]
+/// The guest's callbacks, each looked up on its first use in this VM: a VM in `transaction`
+/// isolation runs ~8 of the 21 (looking one up costs ~2,000 instructions). Absent callbacks
+/// are `None` (all are optional). Their types are checked once per module, by
+/// [`validate_module`].
 pub(crate) struct GuestExports {
-    on_context_create: Option<F2>,
-    on_vm_start: Option<F2R>,
-    on_configure: Option<F2R>,
-    on_tick: Option<F1>,
-    on_queue_ready: Option<F2>,
-    on_request_headers: Option<HeadersFn>,
-    on_request_body: Option<F3R>,
-    on_request_trailers: Option<F2R>,
-    on_response_headers: Option<HeadersFn>,
-    on_response_body: Option<F3R>,
-    on_response_trailers: Option<F2R>,
-    on_http_call_response: Option<F5>,
-    on_foreign_function: Option<F3>,
-    on_new_connection: Option<F1R>,
-    on_downstream_data: Option<F3R>,
-    on_upstream_data: Option<F3R>,
-    on_downstream_connection_close: Option<F2>,
-    on_upstream_connection_close: Option<F2>,
-    on_done: Option<F1R>,
-    on_log: Option<F1>,
-    on_delete: Option<F1>,
+    abi: AbiVersion,
+    on_context_create: Lazy<F2>,
+    on_vm_start: Lazy<F2R>,
+    on_configure: Lazy<F2R>,
+    on_tick: Lazy<F1>,
+    on_queue_ready: Lazy<F2>,
+    on_request_headers: Lazy<HeadersFn>,
+    on_request_body: Lazy<F3R>,
+    on_request_trailers: Lazy<F2R>,
+    on_response_headers: Lazy<HeadersFn>,
+    on_response_body: Lazy<F3R>,
+    on_response_trailers: Lazy<F2R>,
+    on_http_call_response: Lazy<F5>,
+    on_foreign_function: Lazy<F3>,
+    on_new_connection: Lazy<F1R>,
+    on_downstream_data: Lazy<F3R>,
+    on_upstream_data: Lazy<F3R>,
+    on_downstream_connection_close: Lazy<F2>,
+    on_upstream_connection_close: Lazy<F2>,
+    on_done: Lazy<F1R>,
+    on_log: Lazy<F1>,
+    on_delete: Lazy<F1>,
+}
+
+impl GuestExports {
+    fn new(abi: AbiVersion) -> Self {
+        GuestExports {
+            abi,
+            on_context_create: Lazy::new("proxy_on_context_create"),
+            on_vm_start: Lazy::new("proxy_on_vm_start"),
+            on_configure: Lazy::new("proxy_on_configure"),
+            on_tick: Lazy::new("proxy_on_tick"),
+            on_queue_ready: Lazy::new("proxy_on_queue_ready"),
+            on_request_headers: Lazy::new("proxy_on_request_headers"),
+            on_request_body: Lazy::new("proxy_on_request_body"),
+            on_request_trailers: Lazy::new("proxy_on_request_trailers"),
+            on_response_headers: Lazy::new("proxy_on_response_headers"),
+            on_response_body: Lazy::new("proxy_on_response_body"),
+            on_response_trailers: Lazy::new("proxy_on_response_trailers"),
+            on_http_call_response: Lazy::new("proxy_on_http_call_response"),
+            on_foreign_function: Lazy::new("proxy_on_foreign_function"),
+            on_new_connection: Lazy::new("proxy_on_new_connection"),
+            on_downstream_data: Lazy::new("proxy_on_downstream_data"),
+            on_upstream_data: Lazy::new("proxy_on_upstream_data"),
+            on_downstream_connection_close: Lazy::new("proxy_on_downstream_connection_close"),
+            on_upstream_connection_close: Lazy::new("proxy_on_upstream_connection_close"),
+            on_done: Lazy::new("proxy_on_done"),
+            on_log: Lazy::new("proxy_on_log"),
+            on_delete: Lazy::new("proxy_on_delete"),
+        }
+    }
+}
+
+impl Default for GuestExports {
+    fn default() -> Self {
+        Self::new(AbiVersion::V0_2_1)
+    }
+}
+
+/// A guest callback looked up by name on first use.
+struct Lazy<F> {
+    name: &'static str,
+    found: OnceLock<Option<F>>,
+}
+
+impl<F: Callable> Lazy<F> {
+    fn new(name: &'static str) -> Self {
+        Lazy { name, found: OnceLock::new() }
+    }
+
+    /// The callback, looked up in the VM's instance the first time.
+    fn get<B: Backend>(&self, store: &mut Store<HostState<B>>, abi: AbiVersion) -> wasmtime::Result<Option<&F>> {
+        if let Some(f) = self.found.get() {
+            return Ok(f.as_ref());
+        }
+        let instance = store.data().instance.ok_or_else(|| wasmtime::Error::msg("the VM is not initialized"))?;
+        let f = F::lookup(store, &instance, self.name, abi)?;
+        Ok(self.found.get_or_init(|| f).as_ref())
+    }
+}
+
+/// A callback type that can be looked up in an instance by name.
+trait Callable: Sized {
+    fn lookup<T>(
+        store: &mut Store<T>,
+        instance: &Instance,
+        name: &str,
+        abi: AbiVersion,
+    ) -> wasmtime::Result<Option<Self>>;
+}
+
+impl<P: WasmParams, R: WasmResults> Callable for TypedFunc<P, R> {
+    fn lookup<T>(
+        store: &mut Store<T>,
+        instance: &Instance,
+        name: &str,
+        _: AbiVersion,
+    ) -> wasmtime::Result<Option<Self>> {
+        typed(store, instance, name)
+    }
+}
+
+impl Callable for HeadersFn {
+    fn lookup<T>(
+        store: &mut Store<T>,
+        instance: &Instance,
+        name: &str,
+        abi: AbiVersion,
+    ) -> wasmtime::Result<Option<Self>> {
+        headers_fn(store, instance, name, abi)
+    }
 }
 
 fn typed<T, P: WasmParams, R: WasmResults>(
@@ -121,50 +263,25 @@ fn headers_fn<T>(
     })
 }
 
-fn lookup_exports<T>(store: &mut Store<T>, i: &Instance, v: AbiVersion) -> wasmtime::Result<GuestExports> {
-    Ok(GuestExports {
-        on_context_create: typed(store, i, "proxy_on_context_create")?,
-        on_vm_start: typed(store, i, "proxy_on_vm_start")?,
-        on_configure: typed(store, i, "proxy_on_configure")?,
-        on_tick: typed(store, i, "proxy_on_tick")?,
-        on_queue_ready: typed(store, i, "proxy_on_queue_ready")?,
-        on_request_headers: headers_fn(store, i, "proxy_on_request_headers", v)?,
-        on_request_body: typed(store, i, "proxy_on_request_body")?,
-        on_request_trailers: typed(store, i, "proxy_on_request_trailers")?,
-        on_response_headers: headers_fn(store, i, "proxy_on_response_headers", v)?,
-        on_response_body: typed(store, i, "proxy_on_response_body")?,
-        on_response_trailers: typed(store, i, "proxy_on_response_trailers")?,
-        on_http_call_response: typed(store, i, "proxy_on_http_call_response")?,
-        on_foreign_function: typed(store, i, "proxy_on_foreign_function")?,
-        on_new_connection: typed(store, i, "proxy_on_new_connection")?,
-        on_downstream_data: typed(store, i, "proxy_on_downstream_data")?,
-        on_upstream_data: typed(store, i, "proxy_on_upstream_data")?,
-        on_downstream_connection_close: typed(store, i, "proxy_on_downstream_connection_close")?,
-        on_upstream_connection_close: typed(store, i, "proxy_on_upstream_connection_close")?,
-        on_done: typed(store, i, "proxy_on_done")?,
-        on_log: typed(store, i, "proxy_on_log")?,
-        on_delete: typed(store, i, "proxy_on_delete")?,
-    })
-}
-
 /// Makes a freshly instantiated VM ready: finds its memory, allocator and callbacks, runs
 /// `_initialize` (then `main`) or `_start`, creates the root context and runs
 /// `proxy_on_vm_start` and `proxy_on_configure`. Fails if either answers `false`, or on a trap.
 pub fn initialize<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<()> {
     let (store, instance) = (&mut vm.store, vm.instance);
-    let version = validate_module(instance.module(&*store)).map_err(wasmtime::Error::msg)?;
+    let version = abi_version(instance.module(&*store)).map_err(wasmtime::Error::msg)?;
     let memory = instance.get_memory(&mut *store, "memory").ok_or_else(|| wasmtime::Error::msg("no memory export"))?;
     let allocator = match typed::<_, i32, i32>(store, &instance, "proxy_on_memory_allocate")? {
         Some(f) => Some(f),
         None => typed(store, &instance, "malloc")?,
     };
-    let exports = lookup_exports(store, &instance, version)?;
+    let exports = Arc::new(GuestExports::new(version));
     {
         let st = store.data_mut();
         st.abi = Some(version);
+        st.instance = Some(instance);
         st.memory = Some(memory);
         st.allocator = allocator.map(Arc::new);
-        st.exports = Arc::new(exports.clone());
+        st.exports = Arc::clone(&exports);
     }
 
     if let Some(init) = typed::<_, (), ()>(store, &instance, "_initialize")? {
@@ -183,11 +300,11 @@ pub fn initialize<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<()> {
         st.effective_context = root;
         register_context(st, root, ContextKind::Root);
     }
-    if let Some(f) = exports.on_context_create {
+    if let Some(f) = exports.on_context_create.get(store, version)? {
         f.call(&mut *store, (root as i32, 0))?;
     }
     let plugin = store.data().plugin.clone();
-    if let Some(f) = exports.on_vm_start {
+    if let Some(f) = exports.on_vm_start.get(store, version)? {
         store.data_mut().effective_context = root;
         store.data_mut().in_vm_start = true;
         let n = len_arg(plugin.vm_configuration.len());
@@ -197,7 +314,7 @@ pub fn initialize<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<()> {
             wasmtime::bail!("proxy_on_vm_start returned false");
         }
     }
-    if let Some(f) = exports.on_configure {
+    if let Some(f) = exports.on_configure.get(store, version)? {
         store.data_mut().effective_context = root;
         let n = len_arg(plugin.plugin_configuration.len());
         if timed(store, Callback::Configure, |s| f.call(s, (root as i32, n)))? == 0 {
@@ -248,18 +365,18 @@ fn enter<B: Backend>(store: &mut Store<HostState<B>>, ctx: u32) {
 
 /// Runs callback `call` in context `ctx` (when the guest exports it), then finishes the
 /// contexts that called `proxy_done`.
-fn run<B: Backend, R>(
+fn run<B: Backend, R: Callable>(
     vm: &mut ProxyVm<B>,
     ctx: u32,
     callback: Callback,
-    get: impl FnOnce(&GuestExports) -> Option<&R>,
+    get: impl FnOnce(&GuestExports) -> &Lazy<R>,
     call: impl FnOnce(&mut Store<HostState<B>>, &R) -> wasmtime::Result<i32>,
 ) -> wasmtime::Result<Option<i32>> {
     // A handle on the VM's exports that is not a borrow of the store (cloning a `TypedFunc`
     // instead would count references on the function type, shared by every thread's VMs).
     let exports = Arc::clone(&vm.store.data().exports);
-    let Some(f) = get(&exports) else { return Ok(None) };
     let store = &mut vm.store;
+    let Some(f) = get(&exports).get(store, exports.abi)? else { return Ok(None) };
     enter(store, ctx);
     let r = timed(store, callback, |s| call(s, f))?;
     finish_pending(store)?;
@@ -267,11 +384,11 @@ fn run<B: Backend, R>(
 }
 
 /// Like [`run`] for callbacks answering a `proxy_action_t` (absent: `Continue`).
-fn run_action<B: Backend, R>(
+fn run_action<B: Backend, R: Callable>(
     vm: &mut ProxyVm<B>,
     ctx: u32,
     callback: Callback,
-    get: impl FnOnce(&GuestExports) -> Option<&R>,
+    get: impl FnOnce(&GuestExports) -> &Lazy<R>,
     call: impl FnOnce(&mut Store<HostState<B>>, &R) -> wasmtime::Result<i32>,
 ) -> wasmtime::Result<Action> {
     Ok(run(vm, ctx, callback, get, call)?.map(Action::from_raw).unwrap_or(Action::Continue))
@@ -287,7 +404,7 @@ pub fn create_stream_context<B: Backend>(vm: &mut ProxyVm<B>, stream: B::Stream)
         vm,
         id,
         Callback::ContextCreate,
-        |e| e.on_context_create.as_ref(),
+        |e| &e.on_context_create,
         |s, f| f.call(s, (id as i32, root as i32)).map(|()| 0),
     )?;
     Ok(id)
@@ -308,8 +425,8 @@ fn call_headers<B: Backend>(
     end_of_stream: bool,
 ) -> wasmtime::Result<Action> {
     let n = len_arg(num_headers);
-    fn pick(e: &GuestExports, response: bool) -> Option<&HeadersFn> {
-        if response { e.on_response_headers.as_ref() } else { e.on_request_headers.as_ref() }
+    fn pick(e: &GuestExports, response: bool) -> &Lazy<HeadersFn> {
+        if response { &e.on_response_headers } else { &e.on_request_headers }
     }
     let callback = if response { Callback::ResponseHeaders } else { Callback::RequestHeaders };
     run_action(
@@ -353,13 +470,7 @@ pub fn on_request_body<B: Backend>(
     eos: bool,
 ) -> wasmtime::Result<Action> {
     let n = len_arg(body_size);
-    run_action(
-        vm,
-        ctx,
-        Callback::RequestBody,
-        |e| e.on_request_body.as_ref(),
-        |s, f| f.call(s, (ctx as i32, n, eos as i32)),
-    )
+    run_action(vm, ctx, Callback::RequestBody, |e| &e.on_request_body, |s, f| f.call(s, (ctx as i32, n, eos as i32)))
 }
 
 /// `proxy_on_response_body(ctx, body_size, end_of_stream)`.
@@ -370,25 +481,13 @@ pub fn on_response_body<B: Backend>(
     eos: bool,
 ) -> wasmtime::Result<Action> {
     let n = len_arg(body_size);
-    run_action(
-        vm,
-        ctx,
-        Callback::ResponseBody,
-        |e| e.on_response_body.as_ref(),
-        |s, f| f.call(s, (ctx as i32, n, eos as i32)),
-    )
+    run_action(vm, ctx, Callback::ResponseBody, |e| &e.on_response_body, |s, f| f.call(s, (ctx as i32, n, eos as i32)))
 }
 
 /// `proxy_on_request_trailers(ctx, num_trailers)`.
 pub fn on_request_trailers<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, num_trailers: usize) -> wasmtime::Result<Action> {
     let n = len_arg(num_trailers);
-    run_action(
-        vm,
-        ctx,
-        Callback::RequestTrailers,
-        |e| e.on_request_trailers.as_ref(),
-        |s, f| f.call(s, (ctx as i32, n)),
-    )
+    run_action(vm, ctx, Callback::RequestTrailers, |e| &e.on_request_trailers, |s, f| f.call(s, (ctx as i32, n)))
 }
 
 /// `proxy_on_response_trailers(ctx, num_trailers)`.
@@ -398,18 +497,12 @@ pub fn on_response_trailers<B: Backend>(
     num_trailers: usize,
 ) -> wasmtime::Result<Action> {
     let n = len_arg(num_trailers);
-    run_action(
-        vm,
-        ctx,
-        Callback::ResponseTrailers,
-        |e| e.on_response_trailers.as_ref(),
-        |s, f| f.call(s, (ctx as i32, n)),
-    )
+    run_action(vm, ctx, Callback::ResponseTrailers, |e| &e.on_response_trailers, |s, f| f.call(s, (ctx as i32, n)))
 }
 
 /// `proxy_on_new_connection(ctx)` for an L4 stream context.
 pub fn on_new_connection<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32) -> wasmtime::Result<Action> {
-    run_action(vm, ctx, Callback::NewConnection, |e| e.on_new_connection.as_ref(), |s, f| f.call(s, ctx as i32))
+    run_action(vm, ctx, Callback::NewConnection, |e| &e.on_new_connection, |s, f| f.call(s, ctx as i32))
 }
 
 /// `proxy_on_downstream_data(ctx, data_size, end_of_stream)`.
@@ -424,7 +517,7 @@ pub fn on_downstream_data<B: Backend>(
         vm,
         ctx,
         Callback::DownstreamData,
-        |e| e.on_downstream_data.as_ref(),
+        |e| &e.on_downstream_data,
         |s, f| f.call(s, (ctx as i32, n, eos as i32)),
     )
 }
@@ -432,13 +525,7 @@ pub fn on_downstream_data<B: Backend>(
 /// `proxy_on_upstream_data(ctx, data_size, end_of_stream)`.
 pub fn on_upstream_data<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, size: usize, eos: bool) -> wasmtime::Result<Action> {
     let n = len_arg(size);
-    run_action(
-        vm,
-        ctx,
-        Callback::UpstreamData,
-        |e| e.on_upstream_data.as_ref(),
-        |s, f| f.call(s, (ctx as i32, n, eos as i32)),
-    )
+    run_action(vm, ctx, Callback::UpstreamData, |e| &e.on_upstream_data, |s, f| f.call(s, (ctx as i32, n, eos as i32)))
 }
 
 /// `proxy_on_downstream_connection_close(ctx, peer_type)`.
@@ -451,7 +538,7 @@ pub fn on_downstream_connection_close<B: Backend>(
         vm,
         ctx,
         Callback::DownstreamConnectionClose,
-        |e| e.on_downstream_connection_close.as_ref(),
+        |e| &e.on_downstream_connection_close,
         |s, f| f.call(s, (ctx as i32, peer as i32)).map(|()| 0),
     )?;
     Ok(())
@@ -463,7 +550,7 @@ pub fn on_upstream_connection_close<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, p
         vm,
         ctx,
         Callback::UpstreamConnectionClose,
-        |e| e.on_upstream_connection_close.as_ref(),
+        |e| &e.on_upstream_connection_close,
         |s, f| f.call(s, (ctx as i32, peer as i32)).map(|()| 0),
     )?;
     Ok(())
@@ -472,7 +559,7 @@ pub fn on_upstream_connection_close<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, p
 /// `proxy_on_tick(root_context_id)`: the timer set with `proxy_set_tick_period_milliseconds`.
 pub fn on_tick<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<()> {
     let root = vm.store.data().root_context_id;
-    run(vm, root, Callback::Tick, |e| e.on_tick.as_ref(), |s, f| f.call(s, root as i32).map(|()| 0))?;
+    run(vm, root, Callback::Tick, |e| &e.on_tick, |s, f| f.call(s, root as i32).map(|()| 0))?;
     Ok(())
 }
 
@@ -486,7 +573,7 @@ pub fn on_queue_ready<B: Backend>(vm: &mut ProxyVm<B>, context_id: u32, queue_id
         vm,
         context_id,
         Callback::QueueReady,
-        |e| e.on_queue_ready.as_ref(),
+        |e| &e.on_queue_ready,
         |s, f| f.call(s, (context_id as i32, queue_id as i32)).map(|()| 0),
     )?;
     Ok(())
@@ -513,7 +600,7 @@ pub fn on_http_call_response<B: Backend>(
         vm,
         effective,
         Callback::HttpCallResponse,
-        |e| e.on_http_call_response.as_ref(),
+        |e| &e.on_http_call_response,
         |s, f| f.call(s, (root as i32, token as i32, nh, nb, nt)).map(|()| 0),
     );
     vm.store.data_mut().call_response = None;
@@ -531,7 +618,7 @@ pub fn on_foreign_function<B: Backend>(vm: &mut ProxyVm<B>, function_id: u32, ar
         vm,
         root,
         Callback::ForeignFunction,
-        |e| e.on_foreign_function.as_ref(),
+        |e| &e.on_foreign_function,
         |s, f| f.call(s, (root as i32, function_id as i32, n)).map(|()| 0),
     );
     vm.store.data_mut().foreign_args = None;
@@ -556,7 +643,7 @@ pub fn shutdown<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<()> {
 fn finish_context<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, detach: bool) -> wasmtime::Result<()> {
     let store = &mut vm.store;
     let exports = Arc::clone(&store.data().exports);
-    let done = match &exports.on_done {
+    let done = match exports.on_done.get(store, exports.abi)? {
         Some(f) => {
             enter(store, ctx);
             timed(store, Callback::Done, |s| f.call(s, ctx as i32))? != 0
@@ -579,11 +666,11 @@ fn finish_context<B: Backend>(vm: &mut ProxyVm<B>, ctx: u32, detach: bool) -> wa
 
 fn log_and_delete<B: Backend>(store: &mut Store<HostState<B>>, ctx: u32) -> wasmtime::Result<()> {
     let exports = Arc::clone(&store.data().exports);
-    if let Some(f) = &exports.on_log {
+    if let Some(f) = exports.on_log.get(store, exports.abi)? {
         enter(store, ctx);
         timed(store, Callback::Log, |s| f.call(s, ctx as i32))?;
     }
-    if let Some(f) = &exports.on_delete {
+    if let Some(f) = exports.on_delete.get(store, exports.abi)? {
         enter(store, ctx);
         timed(store, Callback::Delete, |s| f.call(s, ctx as i32))?;
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use wasmtime::{Memory, TypedFunc};
+use wasmtime::{Instance, Memory, TypedFunc};
 
 use super::backend::Backend;
 use super::capabilities::Capabilities;
@@ -88,6 +88,7 @@ pub struct HostState<B: Backend> {
     pub(crate) capabilities: Capabilities,
     pub(crate) vm_uid: u64,
     pub(crate) abi: Option<AbiVersion>,
+    pub(crate) instance: Option<Instance>,
     pub(crate) memory: Option<Memory>,
     pub(crate) allocator: Option<Arc<TypedFunc<i32, i32>>>,
     pub(crate) exports: Arc<GuestExports>,
@@ -137,6 +138,7 @@ impl<B: Backend> HostState<B> {
             capabilities,
             vm_uid: next_vm_uid(),
             abi: None,
+            instance: None,
             memory: None,
             allocator: None,
             exports: Arc::default(),

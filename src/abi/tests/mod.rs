@@ -39,6 +39,8 @@ pub(super) fn vm_with(
     metrics: Arc<Metrics>,
 ) -> wasmtime::Result<ProxyVm<MemoryBackend>> {
     let module = Module::new(engine, wasm)?;
+    // What the plugin checks once per module before it makes VMs.
+    validate_module(&module).map_err(wasmtime::Error::msg)?;
     let linker = linker_for::<MemoryBackend>(&module)?;
     let info = Arc::new(PluginInfo { callback_deadline_ticks: 1000, ..info });
     let state = HostState::with_registries(MemoryBackend::default(), info, shared, metrics);
