@@ -290,3 +290,32 @@ fn shared_queue_items_reach_the_registering_vm_on_its_own_thread() {
     }
     assert!(!ats.diags_log().contains("failed"), "{}", ats.diags_log());
 }
+
+#[test]
+fn a_request_waiting_on_its_own_vms_queue_is_resumed_in_both_isolation_modes() {
+    // `x-wait` registers `ticker.wait` from the request's VM and pauses; `x-signal` enqueues.
+    // In `transaction` isolation the queue's owner is the waiting transaction's own VM, which
+    // no pool holds: the notification has to reach it through the transaction.
+    for isolation in ["shared", "transaction"] {
+        let ats = ticker_ats(isolation);
+        let port = ats.port();
+        let waiter = std::thread::spawn(move || {
+            let mut c = harness::Client::connect(port).expect("connect");
+            c.set_timeout(std::time::Duration::from_secs(20)).expect("timeout");
+            c.get("/wait", &[("x-wait", "1")])
+        });
+        // Give the waiter time to register the queue and pause; it must not have gone on.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert!(ats.origin().seen().iter().all(|s| s.path != "/wait"), "{isolation}: the waiter is paused");
+        assert_eq!(ats.get("/meanwhile").status, 200, "{isolation}: ATS serves while the waiter waits");
+        let signal = ats.request("GET", "/signal", &[("x-signal", &format!("go-{isolation}"))], b"");
+        assert_eq!(signal.status, 200, "{signal:?}");
+        let r = waiter.join().expect("waiter").unwrap_or_else(|e| panic!("{isolation}: the waiter got no answer: {e}"));
+        assert_eq!(r.status, 200, "{isolation}: {r:?}");
+        assert_eq!(r.header("x-signaled"), Some(format!("go-{isolation}").as_str()), "{isolation}: {r:?}");
+        assert!(
+            ats.origin().seen().iter().any(|s| s.path == "/wait"),
+            "{isolation}: the resumed request reached the origin"
+        );
+    }
+}

@@ -87,6 +87,14 @@ thread_local! {
     static TIMERS_STARTED: RefCell<Vec<bool>> = const { RefCell::new(Vec::new()) };
     /// This thread's index in [`THREADS`], once registered.
     static THREAD_INDEX: Cell<Option<usize>> = const { Cell::new(None) };
+    /// Live transactions of this thread with contexts in VMs of their own (`transaction`
+    /// isolation): queue notifications for those VMs are delivered through them.
+    static OWN_VM_TXNS: RefCell<Vec<Txn>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether a filter's contexts live in VMs of their transaction's own.
+fn owns_vms(f: &Filter) -> bool {
+    f.pool.config().isolation == ats_wasm_pool::Isolation::Transaction
 }
 
 /// The net threads that have run transactions (and so may own VMs), each with its mailbox of
@@ -406,6 +414,14 @@ impl Plugin {
         if resume == Resume::Continue {
             self.install_body_transforms(txn, &mut state);
         }
+        if state.contexts.iter().any(|c| owns_vms(&self.filters[c.filter])) {
+            OWN_VM_TXNS.with(|t| {
+                let mut t = t.borrow_mut();
+                if !t.contains(&txn) {
+                    t.push(txn);
+                }
+            });
+        }
         self.slot.put(txn, state);
         resume
     }
@@ -676,10 +692,46 @@ impl Plugin {
                 }
             }
         }
+        // VMs that belong to a transaction (`transaction` isolation) are in no pool.
+        let txns = OWN_VM_TXNS.with(|t| t.borrow().clone());
+        for txn in txns {
+            self.slot.with(txn, |state| {
+                let mut i = 0;
+                while i < state.contexts.len() {
+                    let fc = &mut state.contexts[i];
+                    let f = &self.filters[fc.filter];
+                    if !owns_vms(f) {
+                        // A shared VM: reached through its pool above.
+                        i += 1;
+                        continue;
+                    }
+                    let r = f.pool.with_leased(&mut fc.lease, |vm| {
+                        let uid = vm.store.data().vm_uid();
+                        for t in targets.iter().filter(|t| t.vm == uid) {
+                            guest::on_queue_ready(vm, t.context_id, t.queue_id)?;
+                        }
+                        Ok::<_, wasmtime::Error>(())
+                    });
+                    match r {
+                        Ok(Err(e)) => {
+                            let fc = state.contexts.remove(i);
+                            self.guest_failed(f, fc.lease, "proxy_on_queue_ready", &e);
+                        }
+                        _ => i += 1,
+                    }
+                }
+            });
+        }
         self.apply_stream_controls();
     }
 
     fn close(&self, txn: Txn) {
+        OWN_VM_TXNS.with(|t| {
+            let mut t = t.borrow_mut();
+            if let Some(i) = t.iter().position(|x| *x == txn) {
+                t.swap_remove(i);
+            }
+        });
         // Calls still in flight: their responses will be dropped.
         let calls = Self::forget_calls(txn);
         let Some(state) = self.slot.take(txn) else {

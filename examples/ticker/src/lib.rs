@@ -11,6 +11,13 @@
 //! it into shared data (`ticker.last`), and later responses show it as `x-last-dequeued`. (In `transaction` isolation ticks run in a separate per-thread VM,
 //! which cannot resume other VMs' requests: don't use `x-hold` there.)
 //!
+//! A request with `x-wait` registers the shared queue `ticker.wait` from its own VM (which then
+//! owns the queue) and is paused until something arrives there: a request with
+//! `x-signal: <value>` enqueues the value, the waiting VM's `proxy_on_queue_ready` dequeues it
+//! and resumes its waiting requests, whose responses get `x-signaled: <value>`. This works in
+//! both isolation modes: in `transaction` isolation the queue belongs to the waiting
+//! transaction's own VM.
+//!
 //! It also defines three guest metrics (process-wide, shared by all its VMs), exported by
 //! ats-wasm's Prometheus endpoint: the counter `ticker.ticks` (ticks of all VMs), the gauge
 //! `ticker.held_requests` (requests held right now) and the histogram `ticker.tick_interval_ms`
@@ -32,10 +39,14 @@ use serde::Deserialize;
 const KEY: &str = "ticker.count";
 const QUEUE: &str = "ticker.queue";
 const LAST: &str = "ticker.last";
+const WAIT_QUEUE: &str = "ticker.wait";
 
 thread_local! {
     /// Context ids of the requests this VM holds until its next tick.
     static HELD: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// The id of `ticker.wait` once this VM registered it, the context ids of the requests
+    /// waiting for an item there, and the last item that arrived.
+    static WAIT: RefCell<(Option<u32>, Vec<u32>, Option<Vec<u8>>)> = const { RefCell::new((None, Vec::new(), None)) };
     /// This VM's metric ids, once defined in `on_configure`.
     static METRICS: Cell<Option<Metrics>> = const { Cell::new(None) };
     /// When this VM last ticked.
@@ -148,6 +159,21 @@ impl RootContext for TickerRoot {
     }
 
     fn on_queue_ready(&mut self, queue_id: u32) {
+        if WAIT.with(|w| w.borrow().0) == Some(queue_id) {
+            let waiting = WAIT.with(|w| {
+                let mut w = w.borrow_mut();
+                while let Ok(Some(item)) = hostcalls::dequeue_shared_queue(queue_id) {
+                    w.2 = Some(item);
+                }
+                std::mem::take(&mut w.1)
+            });
+            for ctx in waiting {
+                if hostcalls::set_effective_context(ctx).is_ok() {
+                    let _ = hostcalls::resume_http_request();
+                }
+            }
+            return;
+        }
         while let Ok(Some(item)) = self.dequeue_shared_queue(queue_id) {
             if let Err(e) = self.set_shared_data(LAST, Some(&item), None) {
                 warn!("ticker: set_shared_data failed: {e:?}");
@@ -156,7 +182,7 @@ impl RootContext for TickerRoot {
     }
 
     fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(TickerHttp { id, held: false }))
+        Some(Box::new(TickerHttp { id, held: false, waited: false }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -167,6 +193,8 @@ impl RootContext for TickerRoot {
 struct TickerHttp {
     id: u32,
     held: bool,
+    /// Paused by `x-wait` until an item arrived in `ticker.wait`.
+    waited: bool,
 }
 
 impl Context for TickerHttp {}
@@ -182,6 +210,31 @@ impl HttpContext for TickerHttp {
                     }
                 }
                 None => warn!("ticker: queue {QUEUE} not found"),
+            }
+        }
+        if let Some(value) = self.get_http_request_header("x-signal") {
+            let vm_id = self.get_property(vec!["plugin_vm_id"]).unwrap_or_default();
+            match self.resolve_shared_queue(&String::from_utf8_lossy(&vm_id), WAIT_QUEUE) {
+                Some(q) => {
+                    if let Err(e) = self.enqueue_shared_queue(q, Some(value.as_bytes())) {
+                        warn!("ticker: enqueue failed: {e:?}");
+                    }
+                }
+                None => warn!("ticker: queue {WAIT_QUEUE} not found"),
+            }
+        }
+        if self.get_http_request_header("x-wait").is_some() {
+            match hostcalls::register_shared_queue(WAIT_QUEUE) {
+                Ok(q) => {
+                    WAIT.with(|w| {
+                        let mut w = w.borrow_mut();
+                        w.0 = Some(q);
+                        w.1.push(self.id);
+                    });
+                    self.waited = true;
+                    return Action::Pause;
+                }
+                Err(e) => warn!("ticker: cannot register {WAIT_QUEUE}: {e:?}"),
             }
         }
         if self.get_http_request_header("x-hold").is_some() {
@@ -200,6 +253,11 @@ impl HttpContext for TickerHttp {
         self.add_http_response_header("x-ticks", &n.to_string());
         if self.held {
             self.add_http_response_header("x-held", "released");
+        }
+        if self.waited
+            && let Some(item) = WAIT.with(|w| w.borrow().2.clone())
+        {
+            self.add_http_response_header("x-signaled", &String::from_utf8_lossy(&item));
         }
         if let (Some(last), _) = self.get_shared_data(LAST) {
             self.add_http_response_header("x-last-dequeued", &String::from_utf8_lossy(&last));
