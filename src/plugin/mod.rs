@@ -92,6 +92,16 @@ thread_local! {
     static OWN_VM_TXNS: RefCell<Vec<Txn>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Runs `proxy_on_queue_ready` in `vm` for each of `targets` that names it; stops at the first
+/// failure.
+fn queue_ready_in(vm: &mut guest::ProxyVm<AtsBackend>, targets: &[QueueTarget]) -> wasmtime::Result<()> {
+    let uid = vm.store.data().vm_uid();
+    for t in targets.iter().filter(|t| t.vm == uid) {
+        guest::on_queue_ready(vm, t.context_id, t.queue_id)?;
+    }
+    Ok(())
+}
+
 /// Whether a filter's contexts live in VMs of their transaction's own.
 fn owns_vms(f: &Filter) -> bool {
     f.pool.config().isolation == ats_wasm_pool::Isolation::Transaction
@@ -670,12 +680,8 @@ impl Plugin {
             for pool in [Some(&f.pool), f.tick_pool.as_ref()].into_iter().flatten() {
                 let mut failed = Vec::new();
                 pool.for_each_local(|r, vm| {
-                    let uid = vm.store.data().vm_uid();
-                    for t in targets.iter().filter(|t| t.vm == uid) {
-                        if let Err(e) = guest::on_queue_ready(vm, t.context_id, t.queue_id) {
-                            failed.push((r, e));
-                            break;
-                        }
+                    if let Err(e) = queue_ready_in(vm, targets) {
+                        failed.push((r, e));
                     }
                 });
                 for (r, e) in failed {
@@ -705,13 +711,7 @@ impl Plugin {
                         i += 1;
                         continue;
                     }
-                    let r = f.pool.with_leased(&mut fc.lease, |vm| {
-                        let uid = vm.store.data().vm_uid();
-                        for t in targets.iter().filter(|t| t.vm == uid) {
-                            guest::on_queue_ready(vm, t.context_id, t.queue_id)?;
-                        }
-                        Ok::<_, wasmtime::Error>(())
-                    });
+                    let r = f.pool.with_leased(&mut fc.lease, |vm| queue_ready_in(vm, targets));
                     match r {
                         Ok(Err(e)) => {
                             let fc = state.contexts.remove(i);

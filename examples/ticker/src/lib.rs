@@ -199,29 +199,28 @@ struct TickerHttp {
 
 impl Context for TickerHttp {}
 
+impl TickerHttp {
+    /// Enqueues `value` on this filter's shared queue `queue` (registered by some VM of it).
+    fn enqueue(&self, queue: &str, value: &str) {
+        let vm_id = self.get_property(vec!["plugin_vm_id"]).unwrap_or_default();
+        match self.resolve_shared_queue(&String::from_utf8_lossy(&vm_id), queue) {
+            Some(q) => {
+                if let Err(e) = self.enqueue_shared_queue(q, Some(value.as_bytes())) {
+                    warn!("ticker: enqueue failed: {e:?}");
+                }
+            }
+            None => warn!("ticker: queue {queue} not found"),
+        }
+    }
+}
+
 impl HttpContext for TickerHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let Some(value) = self.get_http_request_header("x-enqueue") {
-            let vm_id = self.get_property(vec!["plugin_vm_id"]).unwrap_or_default();
-            match self.resolve_shared_queue(&String::from_utf8_lossy(&vm_id), QUEUE) {
-                Some(q) => {
-                    if let Err(e) = self.enqueue_shared_queue(q, Some(value.as_bytes())) {
-                        warn!("ticker: enqueue failed: {e:?}");
-                    }
-                }
-                None => warn!("ticker: queue {QUEUE} not found"),
-            }
+            self.enqueue(QUEUE, &value);
         }
         if let Some(value) = self.get_http_request_header("x-signal") {
-            let vm_id = self.get_property(vec!["plugin_vm_id"]).unwrap_or_default();
-            match self.resolve_shared_queue(&String::from_utf8_lossy(&vm_id), WAIT_QUEUE) {
-                Some(q) => {
-                    if let Err(e) = self.enqueue_shared_queue(q, Some(value.as_bytes())) {
-                        warn!("ticker: enqueue failed: {e:?}");
-                    }
-                }
-                None => warn!("ticker: queue {WAIT_QUEUE} not found"),
-            }
+            self.enqueue(WAIT_QUEUE, &value);
         }
         if self.get_http_request_header("x-wait").is_some() {
             match hostcalls::register_shared_queue(WAIT_QUEUE) {
