@@ -5,6 +5,34 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// A map keyed by ids the host hands out itself (context ids, call tokens): no caller picks
+/// the keys, so they need no flood-resistant hash. SipHash cost ~110 instructions per lookup,
+/// and a cached request looked contexts up 7 times.
+pub(crate) type IdMap<V> = HashMap<u32, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// Hashes one `u32` by a multiplication (Fibonacci hashing): hashbrown takes its bucket from
+/// the low bits and its tag from the top 7, and the multiplication spreads a small
+/// sequential id over both.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u32 keys are used; this keeps any other key correct, if slower.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (u64::from(n) ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 use wasmtime::{Instance, Memory, TypedFunc};
 
 use super::backend::Backend;
@@ -95,11 +123,11 @@ pub struct HostState<B: Backend> {
     pub(crate) root_context_id: u32,
     pub(crate) next_context_id: u32,
     pub(crate) effective_context: u32,
-    pub(crate) contexts: HashMap<u32, ContextKind<B::Stream>>,
+    pub(crate) contexts: IdMap<ContextKind<B::Stream>>,
     /// Contexts whose `proxy_on_done` answered `false`, and whether `proxy_done` came since.
     pub(crate) pending_done: Vec<(u32, bool)>,
     /// Outstanding HTTP calls: token → the context that made the call.
-    pub(crate) http_calls: HashMap<u32, u32>,
+    pub(crate) http_calls: IdMap<u32>,
     pub(crate) next_token: u32,
     /// The response being delivered by `proxy_on_http_call_response`.
     pub(crate) call_response: Option<HttpCallResponse>,
@@ -145,9 +173,9 @@ impl<B: Backend> HostState<B> {
             root_context_id: 0,
             next_context_id: 1,
             effective_context: 0,
-            contexts: HashMap::new(),
+            contexts: IdMap::default(),
             pending_done: Vec::new(),
-            http_calls: HashMap::new(),
+            http_calls: IdMap::default(),
             next_token: 1,
             call_response: None,
             foreign_args: None,
@@ -208,5 +236,35 @@ impl<B: Backend> HostState<B> {
     /// The exit code the guest passed to `proc_exit`, if it did.
     pub fn exit_code(&self) -> Option<i32> {
         self.exit_code
+    }
+}
+
+#[cfg(test)]
+mod id_map_tests {
+    use super::*;
+    use std::hash::{BuildHasher, BuildHasherDefault};
+
+    #[test]
+    fn sequential_ids_spread_over_buckets_and_tags() {
+        let b = BuildHasherDefault::<IdHasher>::default();
+        let hashes: Vec<u64> = (1..=1024u32).map(|id| b.hash_one(id)).collect();
+        let buckets: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 1023).collect();
+        let tags: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        assert!(buckets.len() > 600, "{} distinct low-bit buckets of 1024", buckets.len());
+        assert_eq!(tags.len(), 128, "top-7-bit tags used");
+    }
+
+    #[test]
+    fn an_id_map_finds_what_was_inserted_and_not_what_was_removed() {
+        let mut m: IdMap<u32> = IdMap::default();
+        for id in 1..=5000u32 {
+            m.insert(id, id * 2);
+        }
+        for id in (2..=5000u32).step_by(2) {
+            m.remove(&id);
+        }
+        for id in 1..=5000u32 {
+            assert_eq!(m.get(&id).copied(), (id % 2 == 1).then_some(id * 2), "id {id}");
+        }
     }
 }

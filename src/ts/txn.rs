@@ -70,14 +70,23 @@ impl Txn {
 
     /// The value in transaction user argument slot `idx`.
     fn user_arg(self, idx: i32) -> *mut c_void {
-        // SAFETY: live transaction; idx was reserved with TSUserArgIndexReserve.
-        unsafe { sys::TSUserArgGet(self.0 as *mut c_void, idx) }
+        match direct_args() {
+            // SAFETY: live transaction; idx was reserved with TSUserArgIndexReserve, and the
+            // direct accessors were checked to reach the same array (see `direct_args`).
+            Some(d) => unsafe { (d.get)(self.0, idx) },
+            // SAFETY: live transaction; idx was reserved with TSUserArgIndexReserve.
+            None => unsafe { sys::TSUserArgGet(self.0 as *mut c_void, idx) },
+        }
     }
 
     /// Stores `value` in transaction user argument slot `idx`.
     fn set_user_arg(self, idx: i32, value: *mut c_void) {
-        // SAFETY: as above; ATS stores the pointer without dereferencing it.
-        unsafe { sys::TSUserArgSet(self.0 as *mut c_void, idx, value) }
+        match direct_args() {
+            // SAFETY: as in `user_arg`; ATS stores the pointer without dereferencing it.
+            Some(d) => unsafe { (d.set)(self.0, idx, value) },
+            // SAFETY: as above.
+            None => unsafe { sys::TSUserArgSet(self.0 as *mut c_void, idx, value) },
+        }
     }
 
     /// Makes ATS answer this transaction itself with `status` and `body`
@@ -283,8 +292,7 @@ impl Txn {
 ///
 /// All access goes through this type, so the slot only ever holds a value put there by
 /// [`TxnSlot::put`]; [`TxnSlot::take`] hands ownership back exactly once, and
-/// [`TxnSlot::with`] lends it in place (one `TSUserArgGet`, no `TSUserArgSet`: each costs a
-/// `dynamic_cast` in ATS, ~500 instructions).
+/// [`TxnSlot::with`] lends it in place (one read of the slot, no write).
 pub struct TxnSlot<T> {
     idx: i32,
     _t: std::marker::PhantomData<fn() -> T>,
@@ -300,6 +308,7 @@ impl<T: 'static> TxnSlot<T> {
     /// lent out by [`TxnSlot::with`] further up this stack, nothing changes and `value` comes
     /// back.
     pub fn put(&self, txn: Txn, value: T) -> Option<T> {
+        check_direct_args(txn, self.idx);
         let old = self.take(txn);
         if !txn.user_arg(self.idx).is_null() {
             return Some(value);
@@ -340,6 +349,95 @@ impl<T: 'static> TxnSlot<T> {
         let mut value = cell.try_borrow_mut().ok()?;
         Some(f(&mut value))
     }
+}
+
+/// ATS 9.2's `TSHttpTxnArgGet` / `TSHttpTxnArgSet`: they reach the same per-transaction array
+/// as `TSUserArgGet` / `TSUserArgSet` with a `TS_USER_ARGS_TXN` index, but without the
+/// `dynamic_cast` those run on every call (~500 instructions each, measured with callgrind; a
+/// cached request made 6 of them). They are deprecated and gone in ATS 10, so they are looked up
+/// at run time, and used only once [`check_direct_args`] has seen, on a live transaction, that
+/// both paths reach the same slot.
+struct DirectArgs {
+    get: unsafe extern "C" fn(sys::TSHttpTxn, std::ffi::c_int) -> *mut c_void,
+    set: unsafe extern "C" fn(sys::TSHttpTxn, std::ffi::c_int, *mut c_void),
+}
+
+/// Not checked yet / checked and usable / unavailable or not equivalent.
+const ARGS_UNCHECKED: u8 = 0;
+const ARGS_DIRECT: u8 = 1;
+const ARGS_GENERIC: u8 = 2;
+static ARGS_MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(ARGS_UNCHECKED);
+
+fn direct_arg_fns() -> Option<&'static DirectArgs> {
+    static FNS: std::sync::OnceLock<Option<DirectArgs>> = std::sync::OnceLock::new();
+    FNS.get_or_init(|| {
+        // SAFETY: dlsym with RTLD_DEFAULT and NUL-terminated names only looks the symbols up.
+        let (get, set) = unsafe {
+            (
+                libc::dlsym(libc::RTLD_DEFAULT, c"TSHttpTxnArgGet".as_ptr()),
+                libc::dlsym(libc::RTLD_DEFAULT, c"TSHttpTxnArgSet".as_ptr()),
+            )
+        };
+        if get.is_null() || set.is_null() {
+            return None;
+        }
+        // SAFETY: the addresses of ATS's functions with the C signatures
+        // `void *TSHttpTxnArgGet(TSHttpTxn, int)` and `void TSHttpTxnArgSet(TSHttpTxn, int, void *)`.
+        Some(unsafe {
+            DirectArgs {
+                get: std::mem::transmute::<
+                    *mut c_void,
+                    unsafe extern "C" fn(sys::TSHttpTxn, std::ffi::c_int) -> *mut c_void,
+                >(get),
+                set: std::mem::transmute::<
+                    *mut c_void,
+                    unsafe extern "C" fn(sys::TSHttpTxn, std::ffi::c_int, *mut c_void),
+                >(set),
+            }
+        })
+    })
+    .as_ref()
+}
+
+/// The direct accessors, once checked; `None` means the generic `TSUserArg*` calls.
+fn direct_args() -> Option<&'static DirectArgs> {
+    if ARGS_MODE.load(std::sync::atomic::Ordering::Relaxed) == ARGS_DIRECT { direct_arg_fns() } else { None }
+}
+
+/// Once per process, on the first live transaction: writes slot `idx` with the direct setter and
+/// reads it back with `TSUserArgGet`; the direct accessors are used from then on only if that
+/// gave the same value. The slot must be empty (it is left empty).
+fn check_direct_args(txn: Txn, idx: i32) {
+    use std::sync::atomic::Ordering;
+    if ARGS_MODE.load(Ordering::Relaxed) != ARGS_UNCHECKED {
+        return;
+    }
+    let mode = match direct_arg_fns() {
+        Some(d) => {
+            let probe = &ARGS_MODE as *const _ as *mut c_void;
+            // SAFETY: live transaction and reserved index; the slot is empty before and after
+            // (callers only check on a slot they are about to fill), and the probe pointer is
+            // never dereferenced.
+            unsafe {
+                let before = sys::TSUserArgGet(txn.0 as *mut c_void, idx);
+                if !before.is_null() {
+                    return;
+                }
+                (d.set)(txn.0, idx, probe);
+                let seen = sys::TSUserArgGet(txn.0 as *mut c_void, idx);
+                sys::TSUserArgSet(txn.0 as *mut c_void, idx, std::ptr::null_mut());
+                let back = (d.get)(txn.0, idx);
+                if seen == probe && back.is_null() { ARGS_DIRECT } else { ARGS_GENERIC }
+            }
+        }
+        None => ARGS_GENERIC,
+    };
+    ARGS_MODE.store(mode, Ordering::Relaxed);
+    super::log::debug(if mode == ARGS_DIRECT {
+        b"transaction slots: TSHttpTxnArgGet/Set"
+    } else {
+        b"transaction slots: TSUserArgGet/Set"
+    });
 }
 
 /// `SSL_get0_peer_certificate` of the OpenSSL (3.0 or later) that traffic_server runs with,
