@@ -335,14 +335,17 @@ fn apply_local_response_headers(h: &HeaderMap, extra: &[(Vec<u8>, Vec<u8>)]) {
     }
 }
 
-/// `end_of_stream` for a header block: true when no body follows.
+/// `end_of_stream` for a header block: true when no body follows (no `Transfer-Encoding`, and
+/// no `Content-Length` or only zero ones).
 fn no_body(h: &HeaderMap) -> bool {
-    let mut v = Vec::new();
-    if h.get_well_known(WellKnownName::TransferEncoding, &mut v) {
+    if h.for_each_well_known_value(WellKnownName::TransferEncoding, |_| {}) {
         return false;
     }
-    v.clear();
-    !h.get_well_known(WellKnownName::ContentLength, &mut v) || v.iter().all(|&b| b == b'0' || b == b' ')
+    let mut zero = true;
+    let found = h.for_each_well_known_value(WellKnownName::ContentLength, |v| {
+        zero &= v.iter().all(|&b| b == b'0' || b == b' ');
+    });
+    !found || zero
 }
 
 impl Plugin {

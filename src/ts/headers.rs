@@ -83,14 +83,22 @@ impl HeaderMap {
         unsafe { sys::TSMimeHdrFieldFind(self.buf, self.loc, name.as_ptr() as *const _, clen(name)) }
     }
 
-    /// Appends the value of field `name` (duplicates joined with `", "`) to `out`; whether the
-    /// field exists. Like [`HeaderMap::get`], but ATS finds a well-known name by its presence
+    /// Calls `f` with the value of each field named `name` (duplicates one by one, in order),
+    /// without copying; whether the field exists. ATS finds a well-known name by its presence
     /// bits instead of tokenizing a string.
-    pub fn get_well_known(&self, name: WellKnownName, out: &mut Vec<u8>) -> bool {
+    pub fn for_each_well_known_value(&self, name: WellKnownName, mut f: impl FnMut(&[u8])) -> bool {
         let (p, len) = name.ats_string();
         // SAFETY: type invariant; p is ATS's own well-known string of len bytes.
-        let field = unsafe { sys::TSMimeHdrFieldFind(self.buf, self.loc, p, len) };
-        self.collect_values(field, out)
+        let mut field = unsafe { sys::TSMimeHdrFieldFind(self.buf, self.loc, p, len) };
+        let found = !field.is_null();
+        while !field.is_null() {
+            f(self.value_of(field));
+            // SAFETY: field belongs to this header.
+            let next = unsafe { sys::TSMimeHdrFieldNextDup(self.buf, self.loc, field) };
+            self.release(field);
+            field = next;
+        }
+        found
     }
 
     fn release(&self, field: sys::TSMLoc) {
