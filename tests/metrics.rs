@@ -248,6 +248,27 @@ fn a_port_in_use_is_one_diags_line_and_ats_keeps_serving() {
 }
 
 #[test]
+fn a_client_that_sends_nothing_does_not_hold_up_scrapes() {
+    let ats = Ats::builder()
+        .net_threads(1)
+        .config_file("f.yaml", yaml("adder", "", &example_wasm("add-headers")))
+        .plugin(&["f.yaml"])
+        .start();
+    let port = ats.metrics_port().expect("endpoint");
+    // Connected, silent: each holds its connection until the endpoint's 5 s read timeout.
+    let idle: Vec<std::net::TcpStream> =
+        (0..3).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect")).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // A scrape meanwhile is answered well inside that timeout (its client gives up after 2 s).
+    let r = Client::connect_timeout(port, Duration::from_secs(2))
+        .and_then(|mut c| c.get("/metrics", &[("Connection", "close")]))
+        .expect("a scrape while other connections sit idle");
+    assert_eq!(r.status, 200);
+    assert!(r.body_str().contains("ats_wasm_"), "{}", r.body_str());
+    drop(idle);
+}
+
+#[test]
 fn off_listens_nowhere() {
     // Two ATS with the same filter: one with a port of our choosing, one `off`.
     let port = harness::free_port();

@@ -25,7 +25,7 @@ use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use metrics::{Counter, Key, Label, Level, Metadata, Recorder};
@@ -411,10 +411,9 @@ pub fn start(listener: Option<(TcpListener, Exporter)>, filters: fn() -> Vec<Fil
         exporter.describe();
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let spawned = std::thread::Builder::new().name("ats_wasm-metrics".into()).spawn(move || {
+            let busy = Arc::new(AtomicUsize::new(0));
             for conn in listener.incoming().flatten() {
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let _ = serve(conn, &exporter.handle, filters);
-                }));
+                serve_on_own_thread(conn, &exporter.handle, filters, &busy);
             }
         });
         match spawned {
@@ -437,6 +436,34 @@ pub fn start(listener: Option<(TcpListener, Exporter)>, filters: fn() -> Vec<Fil
     });
     if let Err(e) = spawned {
         log::error(format!("ats_wasm: cannot start the stats thread: {e}; pool stats stay 0").as_bytes());
+    }
+}
+
+/// At most this many connections are served at once; more are closed unanswered.
+const MAX_CONCURRENT_SCRAPES: usize = 8;
+
+/// Serves `conn` on a thread of its own, so that a client that connects and sends nothing
+/// (or reads slowly) holds only its own connection, for at most the 5 s timeouts, and never
+/// delays other scrapers.
+fn serve_on_own_thread(
+    conn: TcpStream,
+    handle: &PrometheusHandle,
+    filters: fn() -> Vec<FilterSnapshot>,
+    busy: &Arc<AtomicUsize>,
+) {
+    if busy.fetch_add(1, Ordering::AcqRel) >= MAX_CONCURRENT_SCRAPES {
+        busy.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let (handle, busy2) = (handle.clone(), Arc::clone(busy));
+    let spawned = std::thread::Builder::new().name("ats_wasm-scrape".into()).spawn(move || {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = serve(conn, &handle, filters);
+        }));
+        busy2.fetch_sub(1, Ordering::AcqRel);
+    });
+    if spawned.is_err() {
+        busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
