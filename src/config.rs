@@ -131,6 +131,10 @@ pub struct PluginArgs {
     /// `--metrics-listen=ADDR|off`: where the Prometheus endpoint listens (default
     /// [`DEFAULT_METRICS_LISTEN`]); `None` (`off`) serves nothing and times nothing.
     pub metrics_listen: Option<SocketAddr>,
+    /// `--module-cache=DIR|off`: where compiled modules are kept between restarts (relative
+    /// paths from the ATS configuration directory); `None` (`off`, the default) compiles every
+    /// module at every start.
+    pub module_cache: Option<PathBuf>,
     /// The filter YAML files, absolute, in command-line order.
     pub yaml_files: Vec<PathBuf>,
 }
@@ -144,6 +148,7 @@ impl Default for PluginArgs {
             max_memory_bytes: 64 << 20,
             max_vms: 1000,
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT))),
+            module_cache: None,
             yaml_files: Vec::new(),
         }
     }
@@ -157,7 +162,7 @@ pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 
 /// The usage line shown with argument errors.
 pub const USAGE: &str = "usage: libats_wasm.so [--pool-size=N] [--isolation=shared] \
-    [--callback-deadline-ms=N] [--max-memory=SIZE] [--max-vms=N] [--metrics-listen=ADDR:PORT|off] FILTER.yaml [FILTER.yaml ...]";
+    [--callback-deadline-ms=N] [--max-memory=SIZE] [--max-vms=N] [--metrics-listen=ADDR:PORT|off] [--module-cache=DIR|off] FILTER.yaml [FILTER.yaml ...]";
 
 fn resolve(config_dir: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
@@ -216,6 +221,7 @@ pub fn parse_args(args: &[String], config_dir: &Path) -> Result<PluginArgs, Stri
                         })?),
                     }
                 }
+                "module-cache" => out.module_cache = (value != "off").then(|| resolve(config_dir, value)),
                 _ => return Err(format!("unknown argument \"{arg}\"; {USAGE}")),
             }
         } else {
@@ -646,6 +652,21 @@ config:
         assert_eq!((a.pool_size, a.callback_deadline_ms, a.max_memory_bytes), (4, 250, 128 << 20));
         assert_eq!(a.max_vms, 50);
         assert_eq!(a.metrics_listen, None, "off");
+    }
+
+    #[test]
+    fn module_cache_is_off_by_default_and_resolves_relative_directories() {
+        assert_eq!(args(&["a.yaml"]).unwrap().module_cache, None);
+        assert_eq!(args(&["--module-cache=off", "a.yaml"]).unwrap().module_cache, None);
+        assert_eq!(
+            args(&["--module-cache=wasm-cache", "a.yaml"]).unwrap().module_cache,
+            Some(PathBuf::from("/etc/ts/wasm-cache"))
+        );
+        assert_eq!(
+            args(&["--module-cache=/var/cache/w", "a.yaml"]).unwrap().module_cache,
+            Some(PathBuf::from("/var/cache/w"))
+        );
+        assert!(args(&["--module-cache=", "a.yaml"]).unwrap_err().starts_with("--module-cache: missing value"));
     }
 
     #[test]

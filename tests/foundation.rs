@@ -289,3 +289,61 @@ fn guest_trap_under_fail_closed_fails_only_that_transaction() {
     assert_eq!(after.header("x-oob-trap"), Some("alive"));
     assert!(ats.is_running());
 }
+
+#[test]
+fn module_cache_keeps_compiled_code_across_restarts_and_recovers_from_a_bad_file() {
+    let cache = tempfile::Builder::new().prefix("ats-wasm-cache.").tempdir().unwrap();
+    let start = || {
+        Ats::builder()
+            .net_threads(1)
+            .config_file("f.yaml", add_headers_yaml())
+            .plugin(&[&format!("--module-cache={}", cache.path().display()), "f.yaml"])
+            .start()
+    };
+    let assert_filter_runs = |ats: &Ats| {
+        let r = ats.get("/cached-module");
+        assert_eq!(r.header("x-test-resp"), Some("s-456"), "{r:?}");
+    };
+    let cwasm_files = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+            .collect()
+    };
+
+    // First start: compiled and stored.
+    let ats = start();
+    assert_serving(&ats);
+    assert_filter_runs(&ats);
+    let diags = ats.diags_log();
+    assert!(diags.contains("filter \"add-headers\": module compiled and stored in "), "{diags}");
+    let files = cwasm_files();
+    assert_eq!(files.len(), 1, "{files:?}");
+    drop(ats);
+
+    // Restart: the compiled code is loaded, not compiled again.
+    let ats = start();
+    assert_serving(&ats);
+    assert_filter_runs(&ats);
+    let diags = ats.diags_log();
+    assert!(diags.contains(&format!("module loaded from cache file {}", files[0].display())), "{diags}");
+    assert!(error_lines(&ats).is_empty(), "{diags}");
+    drop(ats);
+
+    // A damaged file: one WARNING line, the module is compiled, the file rewritten, ATS serves.
+    std::fs::write(&files[0], b"not compiled code").unwrap();
+    let ats = start();
+    assert_serving(&ats);
+    assert_filter_runs(&ats);
+    let diags = ats.diags_log();
+    let warnings: Vec<&str> = diags.lines().filter(|l| l.contains("WARNING") && l.contains("ats_wasm")).collect();
+    assert_eq!(warnings.len(), 1, "{diags}");
+    assert!(
+        warnings[0].contains(&format!("module compiled; ignored cache file {}", files[0].display())),
+        "{}",
+        warnings[0]
+    );
+    assert!(error_lines(&ats).is_empty(), "{diags}");
+    assert!(std::fs::metadata(&files[0]).unwrap().len() > 1000, "rewritten with compiled code");
+}

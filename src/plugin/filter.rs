@@ -3,13 +3,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ats_wasm_pool::{Isolation as PoolIsolation, ModuleCompiler, PoolConfig, VmPool, VmTemplate, WasmEngine};
+use ats_wasm_pool::{
+    CacheOutcome, Isolation as PoolIsolation, ModuleCompiler, PoolConfig, VmPool, VmTemplate, WasmEngine,
+};
 
 use super::backend::AtsBackend;
 use super::metrics::{Exporter, FilterMetrics};
 use super::one_line;
 use crate::abi::{HostState, PluginInfo, guest, linker_for, validate_module};
 use crate::config::{Bodies, FilterConfig, Isolation, PluginArgs};
+use crate::ts::log;
 
 /// A loaded filter.
 pub(crate) struct Filter {
@@ -54,10 +57,17 @@ impl Filter {
         let pool_size = cfg.pool_size.unwrap_or(args.pool_size);
         let path = &cfg.wasm_path;
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read module {}: {e}", path.display()))?;
-        let module = compiler
-            .compile(&bytes)
-            .map_err(|e| format!("invalid module {}: {}", path.display(), one_line(&e)))?
-            .module;
+        let compiled =
+            compiler.compile(&bytes).map_err(|e| format!("invalid module {}: {}", path.display(), one_line(&e)))?;
+        // The module is usable in every case; a cache file that could not be used or written
+        // is worth one WARNING line, a cache in use one NOTE line.
+        let line = format!("ats_wasm: filter \"{}\": module {}", cfg.name, compiled.cache);
+        match &compiled.cache {
+            c if c.problem().is_some() => log::warning(line.as_bytes()),
+            CacheOutcome::Loaded(_) | CacheOutcome::Compiled { .. } => log::note(line.as_bytes()),
+            CacheOutcome::Disabled | CacheOutcome::InProcess => log::debug(line.as_bytes()),
+        }
+        let module = compiled.module;
         validate_module(&module).map_err(|e| format!("invalid module {}: {e}", path.display()))?;
         let linker = linker_for::<AtsBackend>(&module)
             .map_err(|e| format!("cannot link module {}: {}", path.display(), one_line(&e)))?;

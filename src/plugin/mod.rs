@@ -235,8 +235,9 @@ pub fn init(args: &[String]) {
         }
     };
     let endpoint = metrics::prepare(args.metrics_listen);
-    // Compiles each distinct module once per process.
-    let compiler = ModuleCompiler::new(engine.engine(), None);
+    // Compiles each distinct module once per process (and, with --module-cache, once per
+    // machine and wasmtime version).
+    let compiler = ModuleCompiler::new(engine.engine(), args.module_cache.clone());
 
     let mut filters = Vec::new();
     for (path, cfg) in configs {
