@@ -9,6 +9,7 @@
 #   ROUNDS [3]          interleaved rounds; each round runs every configuration once
 #   WARMUP [1]          seconds of discarded wrk load on /cached before measuring an instance
 #   CONNECTIONS [50]    wrk connections;  WRK_THREADS [1] wrk threads
+#   OBJECT_BYTES [1024] size of the origin's object (cached and uncached)
 #   NET_THREADS ["1 2"] values of proxy.config.exec_thread.limit
 #   CONFIGS             subset of "none native wasm-shared wasm-transaction wasm-bodies
 #                       wasm-metrics-off" (default: none native wasm-shared wasm-transaction;
@@ -35,6 +36,7 @@ ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-1}
 CONNECTIONS=${CONNECTIONS:-50}
 WRK_THREADS=${WRK_THREADS:-1}
+OBJECT_BYTES=${OBJECT_BYTES:-1024}
 NET_THREADS=${NET_THREADS:-"1 2"}
 CONFIGS=${CONFIGS:-"none native wasm-shared wasm-transaction"}
 REPORT=${REPORT:-latest}
@@ -109,11 +111,11 @@ stop() {
 free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # ---------------------------------------------------------------------------------------------
-# The origin: nginx (non-daemon child) serving one 1 KB object, cacheable and not.
+# The origin: nginx (non-daemon child) serving one object of OBJECT_BYTES, cacheable and not.
 origin_port=$(free_port)
 ng="$tmp/nginx"
 mkdir -p "$ng/www" "$ng/tmp"
-head -c 1024 /dev/zero | tr '\0' 'x' >"$ng/www/object"
+head -c "$OBJECT_BYTES" /dev/zero | tr '\0' 'x' >"$ng/www/object"
 cat >"$ng/nginx.conf" <<NGINX
 daemon off;
 master_process on;
@@ -147,7 +149,7 @@ pids+=($!)
 for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$origin_port/cached" && break; sleep 0.05; done
 curl -fs -o /dev/null "http://127.0.0.1:$origin_port/cached" || { cat "$ng/console.log" "$ng/error.log" >&2 || true; die "nginx did not start"; }
 size=$(curl -fs "http://127.0.0.1:$origin_port/uncached" | wc -c)
-[ "$size" = 1024 ] || die "origin object is $size bytes, expected 1024"
+[ "$size" = "$OBJECT_BYTES" ] || die "origin object is $size bytes, expected $OBJECT_BYTES"
 
 # ---------------------------------------------------------------------------------------------
 # origin_requests: requests nginx has served so far (including this one).
@@ -310,6 +312,7 @@ git -C "$root" diff --quiet HEAD -- src pool Cargo.toml Cargo.lock examples 2>/d
   --meta "commit=$commit" \
   --meta "wrk=wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s --latency, ${WARMUP}s warm-up per instance" \
   --meta "rounds=$ROUNDS" \
+  --meta "object_bytes=$OBJECT_BYTES" \
   --meta "pinning=ATS cpu ${ATS_CPUS:-any}, wrk cpu ${WRK_CPUS:-any}, nginx cpu ${NGINX_CPUS:-any} (1 worker)" \
   --meta "elapsed=${elapsed}s" \
   --meta "loadavg=$load_before / $load_after"

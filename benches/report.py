@@ -28,6 +28,12 @@ GOAL_P99_US = 25.0  # ats-wasm + add-headers: at most 25 µs added p99
 UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
 
 
+def object_size(meta):
+    """The origin object's size as written in reports: "1 KB", "64 KB", "1500 B"."""
+    n = int(meta.get("object_bytes", "1024"))
+    return f"{n // 1024} KB" if n % 1024 == 0 else f"{n} B"
+
+
 def to_us(text):
     m = re.fullmatch(r"([0-9.]+)(us|ms|s|m|h)", text)
     if not m:
@@ -122,7 +128,7 @@ def main():
     lines.append("")
     lines.append(
         f"`{meta.get('wrk', 'wrk')}`, {meta.get('rounds', '?')} interleaved rounds (medians over rounds); "
-        f"{meta.get('pinning', '')}; loopback nginx origin, 1 KB object; the whole run took {meta.get('elapsed', '?')}; "
+        f"{meta.get('pinning', '')}; loopback nginx origin, {object_size(meta)} object; the whole run took {meta.get('elapsed', '?')}; "
         f"load average before / after: {meta.get('loadavg', '?')}."
     )
     lines.append(
