@@ -10,6 +10,9 @@
 #   WARMUP [1]          seconds of discarded wrk load on /cached before measuring an instance
 #   CONNECTIONS [50]    wrk connections;  WRK_THREADS [1] wrk threads
 #   OBJECT_BYTES [1024] size of the origin's object (cached and uncached)
+#   ATS_ACCEPT_THREADS [1] proxy.config.accept_threads (ATS's default). With 0 the net threads
+#                       accept themselves, and one of two threads often took all of wrk's
+#                       connections: 2-net-thread rounds fell into two groups.
 #   NET_THREADS ["1 2"] values of proxy.config.exec_thread.limit
 #   CONFIGS             subset of "none native wasm-shared wasm-transaction wasm-bodies
 #                       wasm-metrics-off" (default: none native wasm-shared wasm-transaction;
@@ -37,6 +40,7 @@ WARMUP=${WARMUP:-1}
 CONNECTIONS=${CONNECTIONS:-50}
 WRK_THREADS=${WRK_THREADS:-1}
 OBJECT_BYTES=${OBJECT_BYTES:-1024}
+ATS_ACCEPT_THREADS=${ATS_ACCEPT_THREADS:-1}
 NET_THREADS=${NET_THREADS:-"1 2"}
 CONFIGS=${CONFIGS:-"none native wasm-shared wasm-transaction"}
 REPORT=${REPORT:-latest}
@@ -313,6 +317,7 @@ git -C "$root" diff --quiet HEAD -- src pool Cargo.toml Cargo.lock examples 2>/d
   --meta "wrk=wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s --latency, ${WARMUP}s warm-up per instance" \
   --meta "rounds=$ROUNDS" \
   --meta "object_bytes=$OBJECT_BYTES" \
+  --meta "accept_threads=$ATS_ACCEPT_THREADS" \
   --meta "pinning=ATS cpu ${ATS_CPUS:-any}, wrk cpu ${WRK_CPUS:-any}, nginx cpu ${NGINX_CPUS:-any} (1 worker)" \
   --meta "elapsed=${elapsed}s" \
   --meta "loadavg=$load_before / $load_after"

@@ -128,7 +128,7 @@ def main():
     lines.append("")
     lines.append(
         f"`{meta.get('wrk', 'wrk')}`, {meta.get('rounds', '?')} interleaved rounds (medians over rounds); "
-        f"{meta.get('pinning', '')}; loopback nginx origin, {object_size(meta)} object; the whole run took {meta.get('elapsed', '?')}; "
+        f"{meta.get('pinning', '')}; {meta.get('accept_threads', '0')} accept thread(s); loopback nginx origin, {object_size(meta)} object; the whole run took {meta.get('elapsed', '?')}; "
         f"load average before / after: {meta.get('loadavg', '?')}."
     )
     lines.append(

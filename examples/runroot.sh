@@ -29,7 +29,7 @@ CONFIG proxy.config.admin.user_id STRING #-1
 CONFIG proxy.config.http.server_ports STRING $port
 CONFIG proxy.config.exec_thread.autoconfig INT 0
 CONFIG proxy.config.exec_thread.limit INT $threads
-CONFIG proxy.config.accept_threads INT 0
+CONFIG proxy.config.accept_threads INT ${ATS_ACCEPT_THREADS:-0}
 CONFIG proxy.config.reverse_proxy.enabled INT 1
 CONFIG proxy.config.url_remap.remap_required INT 1
 CONFIG proxy.config.crash_log_helper STRING NULL
