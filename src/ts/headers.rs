@@ -86,19 +86,11 @@ impl HeaderMap {
     /// Calls `f` with the value of each field named `name` (duplicates one by one, in order),
     /// without copying; whether the field exists. ATS finds a well-known name by its presence
     /// bits instead of tokenizing a string.
-    pub fn for_each_well_known_value(&self, name: WellKnownName, mut f: impl FnMut(&[u8])) -> bool {
+    pub fn for_each_well_known_value(&self, name: WellKnownName, f: impl FnMut(&[u8])) -> bool {
         let (p, len) = name.ats_string();
         // SAFETY: type invariant; p is ATS's own well-known string of len bytes.
-        let mut field = unsafe { sys::TSMimeHdrFieldFind(self.buf, self.loc, p, len) };
-        let found = !field.is_null();
-        while !field.is_null() {
-            f(self.value_of(field));
-            // SAFETY: field belongs to this header.
-            let next = unsafe { sys::TSMimeHdrFieldNextDup(self.buf, self.loc, field) };
-            self.release(field);
-            field = next;
-        }
-        found
+        let field = unsafe { sys::TSMimeHdrFieldFind(self.buf, self.loc, p, len) };
+        self.for_each_dup(field, f)
     }
 
     fn release(&self, field: sys::TSMLoc) {
@@ -122,16 +114,23 @@ impl HeaderMap {
         self.collect_values(self.find(name), out)
     }
 
-    /// Appends the values of `field` and its duplicates to `out`, releasing each handle.
-    fn collect_values(&self, mut field: sys::TSMLoc, out: &mut Vec<u8>) -> bool {
-        let found = !field.is_null();
+    /// Appends the values of `field` and its duplicates to `out`, joined with `", "`.
+    fn collect_values(&self, field: sys::TSMLoc, out: &mut Vec<u8>) -> bool {
         let mut first = true;
-        while !field.is_null() {
-            if !first {
+        self.for_each_dup(field, |v| {
+            if !std::mem::take(&mut first) {
                 out.extend_from_slice(b", ");
             }
-            first = false;
-            out.extend_from_slice(self.value_of(field));
+            out.extend_from_slice(v);
+        })
+    }
+
+    /// Calls `f` with the value of `field` and of each of its duplicates, releasing each
+    /// handle; whether `field` exists (is not null).
+    fn for_each_dup(&self, mut field: sys::TSMLoc, mut f: impl FnMut(&[u8])) -> bool {
+        let found = !field.is_null();
+        while !field.is_null() {
+            f(self.value_of(field));
             // SAFETY: field belongs to this header.
             let next = unsafe { sys::TSMimeHdrFieldNextDup(self.buf, self.loc, field) };
             self.release(field);
