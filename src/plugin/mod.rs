@@ -649,11 +649,25 @@ impl Plugin {
         if f.tick_pool.is_some() {
             pool.refill(1);
         }
+        self.run_in_local_vms(f, pool, "proxy_on_tick", |vm| {
+            if vm.store.data().tick_period().is_some() { guest::on_tick(vm) } else { Ok(()) }
+        });
+        self.apply_stream_controls();
+    }
+
+    /// Runs `callback` (named `what` for diags.log) in each of this thread's VMs of `pool`, a
+    /// pool of filter `f`; a VM where it fails is poisoned (replaced on refill), counted and
+    /// reported in one line.
+    fn run_in_local_vms(
+        &self,
+        f: &Filter,
+        pool: &ats_wasm_pool::VmPool<HostState<AtsBackend>>,
+        what: &str,
+        mut callback: impl FnMut(&mut guest::ProxyVm<AtsBackend>) -> wasmtime::Result<()>,
+    ) {
         let mut failed = Vec::new();
         pool.for_each_local(|r, vm| {
-            if vm.store.data().tick_period().is_some()
-                && let Err(e) = guest::on_tick(vm)
-            {
+            if let Err(e) = callback(vm) {
                 failed.push((r, e));
             }
         });
@@ -661,11 +675,10 @@ impl Plugin {
             pool.poison(r);
             f.metrics.callback_failed(failure_kind(&e, None, self.max_memory_bytes).1);
             log::error(
-                format!("ats_wasm: filter \"{}\": proxy_on_tick failed: {}; the VM is replaced", f.name, one_line(&e))
+                format!("ats_wasm: filter \"{}\": {what} failed: {}; the VM is replaced", f.name, one_line(&e))
                     .as_bytes(),
             );
         }
-        self.apply_stream_controls();
     }
 
     /// Resumes or closes the transactions guests continued or closed during the callbacks
@@ -682,24 +695,7 @@ impl Plugin {
     fn deliver_queue_ready(&self, targets: &[QueueTarget]) {
         for f in &self.filters {
             for pool in [Some(&f.pool), f.tick_pool.as_ref()].into_iter().flatten() {
-                let mut failed = Vec::new();
-                pool.for_each_local(|r, vm| {
-                    if let Err(e) = queue_ready_in(vm, targets) {
-                        failed.push((r, e));
-                    }
-                });
-                for (r, e) in failed {
-                    pool.poison(r);
-                    f.metrics.callback_failed(failure_kind(&e, None, self.max_memory_bytes).1);
-                    log::error(
-                        format!(
-                            "ats_wasm: filter \"{}\": proxy_on_queue_ready failed: {}; the VM is replaced",
-                            f.name,
-                            one_line(&e)
-                        )
-                        .as_bytes(),
-                    );
-                }
+                self.run_in_local_vms(f, pool, "proxy_on_queue_ready", |vm| queue_ready_in(vm, targets));
             }
         }
         // VMs that belong to a transaction (`transaction` isolation) are in no pool.
