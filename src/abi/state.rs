@@ -5,6 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use wasmtime::{Instance, Memory, TypedFunc};
+
+use super::backend::Backend;
+use super::capabilities::Capabilities;
+use super::guest::{AbiVersion, GuestExports};
+use super::metrics::Metrics;
+use super::shared::Shared;
+
 /// A map keyed by ids the host hands out itself (context ids, call tokens): no caller picks
 /// the keys, so they need no flood-resistant hash. SipHash cost ~110 instructions per lookup,
 /// and a cached request looked contexts up 7 times.
@@ -32,14 +40,6 @@ impl std::hash::Hasher for IdHasher {
         self.0 = (u64::from(n) ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
-
-use wasmtime::{Instance, Memory, TypedFunc};
-
-use super::backend::Backend;
-use super::capabilities::Capabilities;
-use super::guest::{AbiVersion, GuestExports};
-use super::metrics::Metrics;
-use super::shared::Shared;
 
 /// What a filter was configured with; shared by all of its VMs.
 #[derive(Debug, Default)]
