@@ -15,10 +15,13 @@
 #                       connections: 2-net-thread rounds fell into two groups.
 #   NET_THREADS ["1 2"] values of proxy.config.exec_thread.limit
 #   CONFIGS             subset of "none native wasm-shared wasm-transaction wasm-bodies
-#                       wasm-metrics-off" (default: none native wasm-shared wasm-transaction;
+#                       wasm-metrics-off wasm-deny" (default: none native wasm-shared wasm-transaction;
 #                       wasm-bodies = shared + `bodies: response`, the cost of a response
 #                       transform on a header-only filter; wasm-metrics-off = shared with
-#                       --metrics-listen=off, the cost of the metrics)
+#                       --metrics-listen=off, the cost of the metrics; wasm-deny = shared with
+#                       examples/deny instead of add-headers: a header-only filter that reads
+#                       `:path` and `User-Agent`, lets every measured request through and changes
+#                       nothing)
 #   REPORT [latest]     the report's name: benches/results/$REPORT.{md,png}
 #   ATS_CPUS, WRK_CPUS, NGINX_CPUS   taskset CPU lists (defaults depend on nproc; "" = unpinned)
 #   KEEP_TMP=1          keep the temporary runroots and nginx prefix
@@ -31,6 +34,8 @@ results="$root/benches/results"
 raw="$results/raw"
 plugin="$root/target/release/libats_wasm.so"
 wasm="$root/examples/target/wasm32-unknown-unknown/release/add_headers.wasm"
+deny_wasm="$root/examples/target/wasm32-unknown-unknown/release/deny.wasm"
+deny_yaml="$root/examples/deny/deny.yaml"
 native="$root/target/native-plugin/release/libats_native_add_headers.so"
 yaml="$root/examples/add-headers/add-headers.yaml"
 
@@ -61,11 +66,11 @@ ats_pin=() wrk_pin=() nginx_pin=()
 [ -z "$WRK_CPUS" ] || wrk_pin=(taskset -c "$WRK_CPUS")
 [ -z "$NGINX_CPUS" ] || nginx_pin=(taskset -c "$NGINX_CPUS")
 
-for f in "$plugin" "$wasm" "$native" "$yaml"; do
+for f in "$plugin" "$wasm" "$native" "$yaml" "$deny_wasm" "$deny_yaml"; do
   [ -f "$f" ] || die "missing $f: run 'make bench' (it builds everything first)"
 done
 for c in $CONFIGS; do
-  case $c in none | native | wasm-shared | wasm-transaction | wasm-bodies | wasm-metrics-off) ;; *) die "unknown configuration '$c' in CONFIGS" ;; esac
+  case $c in none | native | wasm-shared | wasm-transaction | wasm-bodies | wasm-metrics-off | wasm-deny) ;; *) die "unknown configuration '$c' in CONFIGS" ;; esac
 done
 [[ " $CONFIGS " == *" none "* ]] || die "CONFIGS must include 'none' (the baseline of the ratios)"
 
@@ -190,6 +195,11 @@ start_ats() {
       sed 's/^config:$/config:\n  bodies: response/' "$yaml" >"$d/etc/add-headers.yaml"
       echo "$plugin --isolation=shared --metrics-listen=127.0.0.1:$(free_port) add-headers.yaml" >"$d/etc/plugin.config"
       ;;
+    wasm-deny)
+      cp "$deny_wasm" "$d/etc/deny.wasm"
+      cp "$deny_yaml" "$d/etc/deny.yaml"
+      echo "$plugin --isolation=shared --metrics-listen=127.0.0.1:$(free_port) deny.yaml" >"$d/etc/plugin.config"
+      ;;
   esac
   setsid "${ats_pin[@]}" traffic_server --run-root="$d/runroot.yaml" </dev/null >"$d/log/console.log" 2>&1 &
   ats_pid=$!
@@ -209,7 +219,10 @@ verify() {
   local config=$1 threads=$2 base="http://127.0.0.1:$ats_port" hdrs body want_hdr want_body
   hdrs=$(curl -fsS -D - -o "$ats_dir/verify.body" "$base/verify" | tr -d '\r') || die "$config: curl $base/verify failed"
   body=$(cat "$ats_dir/verify.body")
-  if [ "$config" = none ]; then want_hdr=0 want_body="x-added-by="; else want_hdr=1 want_body="x-added-by=ats-wasm"; fi
+  case $config in
+    none | wasm-deny) want_hdr=0 want_body="x-added-by=" ;;
+    *) want_hdr=1 want_body="x-added-by=ats-wasm" ;;
+  esac
   if grep -qi '^x-wasm-filter: add-headers$' <<<"$hdrs"; then
     [ "$want_hdr" = 1 ] || die "$config ($threads net threads): response has 'x-wasm-filter: add-headers' but no plugin is loaded"
   else
@@ -218,6 +231,12 @@ verify() {
   [ "$body" = "$want_body" ] || die "$config ($threads net threads): the origin saw '$body', expected '$want_body'"
   if [ "$config" = wasm-bodies ]; then
     grep -q '^  bodies: response$' "$ats_dir/etc/add-headers.yaml" || die "$config: add-headers.yaml lacks bodies: response"
+  fi
+  if [ "$config" = wasm-deny ]; then
+    # The filter is there: a denied path is answered by it, not by the origin.
+    local status
+    status=$(curl -sS -o /dev/null -w '%{http_code}' "$base/admin/x") || die "$config: curl $base/admin/x failed"
+    [ "$status" = 403 ] || die "$config ($threads net threads): /admin/x answered $status, expected the deny filter's 403"
   fi
   if [[ $config == wasm-* ]]; then
     grep -q "^$plugin --isolation=" "$ats_dir/etc/plugin.config" || die "$config: plugin.config is wrong"

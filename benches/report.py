@@ -14,7 +14,7 @@ import re
 import statistics
 import sys
 
-CONFIG_ORDER = ["none", "native", "wasm-shared", "wasm-transaction", "wasm-bodies", "wasm-metrics-off"]
+CONFIG_ORDER = ["none", "native", "wasm-shared", "wasm-transaction", "wasm-bodies", "wasm-metrics-off", "wasm-deny"]
 CONFIG_LABEL = {
     "none": "no plugin",
     "native": "native plugin",
@@ -22,6 +22,7 @@ CONFIG_LABEL = {
     "wasm-transaction": "ats-wasm, transaction",
     "wasm-bodies": "ats-wasm, shared, bodies: response",
     "wasm-metrics-off": "ats-wasm, shared, --metrics-listen=off",
+    "wasm-deny": "ats-wasm, shared, deny (reads 2 headers)",
 }
 GOAL_RATIO = 0.97  # ats-wasm + add-headers: at least 97% of no-plugin req/s
 GOAL_P99_US = 25.0  # ats-wasm + add-headers: at most 25 µs added p99
@@ -134,6 +135,12 @@ def main():
     lines.append(
         "Filter: `examples/add-headers` (one request header, one response header); native plugin: "
         "`benches/native-plugin` (the same two headers in Rust, no Wasm)."
+        + (
+            " `deny`: `examples/deny` (reads `:path` and `User-Agent`, lets every measured request "
+            "through, changes nothing)."
+            if "wasm-deny" in configs
+            else ""
+        )
     )
     lines.append("")
     lines.append(
