@@ -119,10 +119,14 @@ impl Upstream {
 pub struct PluginArgs {
     /// `--pool-size=N`: VMs per net thread per filter (default 1).
     pub pool_size: usize,
-    /// `--isolation=shared` (the only mode so far).
+    /// `--isolation=shared|transaction` (default `shared`).
     pub isolation: Isolation,
     /// `--callback-deadline-ms=N`: the longest one guest callback may run (default 100).
     pub callback_deadline_ms: u64,
+    /// `--pause-timeout-ms=N|off`: the longest a filter may keep a request or response paused
+    /// before its failure policy decides (default [`DEFAULT_PAUSE_TIMEOUT_MS`]); `None` (`off`)
+    /// leaves paused transactions to ATS's own timeouts.
+    pub pause_timeout_ms: Option<u64>,
     /// `--max-memory=SIZE`: the largest linear memory of one VM (default 64M).
     pub max_memory_bytes: usize,
     /// `--max-vms=N`: how many VMs may exist at once across threads and filters (default
@@ -145,6 +149,7 @@ impl Default for PluginArgs {
             pool_size: 1,
             isolation: Isolation::Shared,
             callback_deadline_ms: 100,
+            pause_timeout_ms: Some(DEFAULT_PAUSE_TIMEOUT_MS),
             max_memory_bytes: 64 << 20,
             max_vms: 1000,
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT))),
@@ -154,6 +159,11 @@ impl Default for PluginArgs {
     }
 }
 
+/// The default of `--pause-timeout-ms`: 20 s, below ATS's default
+/// `proxy.config.http.transaction_no_activity_timeout_in` (30 s), which closes a paused
+/// client connection without any response.
+pub const DEFAULT_PAUSE_TIMEOUT_MS: u64 = 20_000;
+
 /// The Prometheus endpoint's default port (on 127.0.0.1).
 pub const DEFAULT_METRICS_PORT: u16 = 9464;
 
@@ -161,8 +171,8 @@ pub const DEFAULT_METRICS_PORT: u16 = 9464;
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 
 /// The usage line shown with argument errors.
-pub const USAGE: &str = "usage: libats_wasm.so [--pool-size=N] [--isolation=shared] \
-    [--callback-deadline-ms=N] [--max-memory=SIZE] [--max-vms=N] [--metrics-listen=ADDR:PORT|off] [--module-cache=DIR|off] FILTER.yaml [FILTER.yaml ...]";
+pub const USAGE: &str = "usage: libats_wasm.so [--pool-size=N] [--isolation=shared|transaction] \
+    [--callback-deadline-ms=N] [--pause-timeout-ms=N|off] [--max-memory=SIZE] [--max-vms=N] [--metrics-listen=ADDR:PORT|off] [--module-cache=DIR|off] FILTER.yaml [FILTER.yaml ...]";
 
 fn resolve(config_dir: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
@@ -206,6 +216,12 @@ pub fn parse_args(args: &[String], config_dir: &Path) -> Result<PluginArgs, Stri
                 "pool-size" => out.pool_size = parse_number(&flag, value, 1, 64)? as usize,
                 "isolation" => out.isolation = Isolation::parse(&flag, value)?,
                 "callback-deadline-ms" => out.callback_deadline_ms = parse_number(&flag, value, 1, 60_000)?,
+                "pause-timeout-ms" => {
+                    out.pause_timeout_ms = match value {
+                        "off" => None,
+                        v => Some(parse_number(&flag, v, 1, 3_600_000)?),
+                    }
+                }
                 "max-memory" => {
                     out.max_memory_bytes = match parse_size(value) {
                         Some(n) if (1 << 20..=4 << 30).contains(&n) => n,
@@ -640,6 +656,7 @@ config:
         assert_eq!(a.callback_deadline_ms, 100);
         assert_eq!(a.max_memory_bytes, 64 << 20);
         assert_eq!(a.max_vms, 1000);
+        assert_eq!(a.pause_timeout_ms, Some(DEFAULT_PAUSE_TIMEOUT_MS));
         let a = args(&[
             "--max-vms=50",
             "--pool-size=4",
@@ -652,6 +669,13 @@ config:
         assert_eq!((a.pool_size, a.callback_deadline_ms, a.max_memory_bytes), (4, 250, 128 << 20));
         assert_eq!(a.max_vms, 50);
         assert_eq!(a.metrics_listen, None, "off");
+        assert_eq!(args(&["--pause-timeout-ms=1500", "x.yaml"]).unwrap().pause_timeout_ms, Some(1500));
+        assert_eq!(args(&["--pause-timeout-ms=off", "x.yaml"]).unwrap().pause_timeout_ms, None);
+        assert!(
+            args(&["--pause-timeout-ms=0", "x.yaml"])
+                .unwrap_err()
+                .starts_with("--pause-timeout-ms: expected a whole number from 1 to 3600000, got \"0\"")
+        );
     }
 
     #[test]

@@ -399,3 +399,91 @@ fn https_upstreams_are_reached_over_tls_by_ats() {
     let r = ats.request("GET", "/plain", &[("x-call-paths", "/x"), ("x-call-upstream", plain.as_str())], b"");
     assert_eq!((r.status, r.header("x-call-status")), (200, Some("fail")), "{r:?}");
 }
+
+/// ATS with `call-probe` (its `origin` cluster is the harness origin), `--pause-timeout-ms=ms`
+/// and `fail_open: <fail_open>` in its YAML.
+fn pause_timeout_ats(ms: u64, fail_open: bool) -> Ats {
+    let b = Ats::builder().net_threads(2);
+    let origin = format!("127.0.0.1:{}", b.origin_port());
+    let y = yaml("call-probe", &example_wasm("call-probe"), "{}", &[("origin", origin)]).replacen(
+        "config:\n",
+        &format!("config:\n  fail_open: {fail_open}\n"),
+        1,
+    );
+    b.config_file("probe.yaml", y).plugin(&[&format!("--pause-timeout-ms={ms}"), "probe.yaml"]).start()
+}
+
+/// `ats_wasm_callback_failures_total{filter="call-probe",reason="pause_timeout"}`.
+fn pause_timeouts(ats: &Ats) -> u64 {
+    let port = ats.metrics_port().expect("metrics endpoint");
+    let r = Client::connect(port).unwrap().get("/metrics", &[("Connection", "close")]).expect("scrape");
+    let body = r.body_str();
+    let line = body
+        .lines()
+        .find(|l| l.starts_with(r#"ats_wasm_callback_failures_total{filter="call-probe",reason="pause_timeout"}"#));
+    line.and_then(|l| l.rsplit_once(' ')).map_or(0, |(_, v)| v.parse::<f64>().unwrap() as u64)
+}
+
+#[test]
+fn a_filter_that_keeps_a_transaction_paused_too_long_meets_its_failure_policy() {
+    // The probe pauses until its call answers; the call takes 4 s, the pause may last 600 ms.
+    let slow = [("x-call-paths", "/slow?delay_ms=4000"), ("x-call-timeout-ms", "10000")];
+    let ats = pause_timeout_ats(600, false);
+    let t = Instant::now();
+    let r = ats.request("GET", "/held", &slow, b"");
+    let took = t.elapsed();
+    // fail_closed in the request phase: the filter's 503, the origin never sees the request.
+    assert_eq!(r.status, 503, "{r:?}\n{}", ats.failure_report());
+    assert!(r.body_str().contains("filter \"call-probe\" failed"), "{r:?}");
+    // (ATS's timers may go off a few ms early: its clock is cached per event loop pass.)
+    assert!(took >= Duration::from_millis(500) && took < Duration::from_millis(3000), "answered after {took:?}");
+    assert!(!ats.origin().seen().iter().any(|s| s.path == "/held"));
+    assert!(
+        ats.wait_for_diags(
+            "filter \"call-probe\": the paused request failed: not continued within 600 ms (--pause-timeout-ms); fail_closed",
+            Duration::from_secs(2)
+        ),
+        "{}",
+        ats.diags_log()
+    );
+
+    // In the response phase: the transaction fails (ATS's 500, not the origin's response).
+    let mut both = slow.to_vec();
+    both.push(("x-call-on", "response"));
+    let mut c = Client::connect_timeout(ats.port(), Duration::from_secs(3)).unwrap();
+    let t = Instant::now();
+    let r = c.get("/held-response", &both);
+    let took = t.elapsed();
+    assert!(took < Duration::from_millis(3000), "answered after {took:?}");
+    let r = r.expect("an answer");
+    assert_eq!(r.status, 500, "{r:?}");
+    assert!(!r.body_str().contains("GET /held-response"), "not the origin's response: {r:?}");
+    assert_eq!(pause_timeouts(&ats), 2);
+
+    // Pauses that end in time cancel their timers: nothing goes off after the transactions
+    // closed (a timer of a closed transaction would touch freed memory).
+    for i in 0..20 {
+        let r = ats.request("GET", &format!("/quick{i}"), &[("x-call-paths", "/fast")], b"");
+        assert_eq!((r.status, r.header("x-call-status")), (200, Some("200")), "{r:?}");
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(ats.is_running(), "{}", ats.failure_report());
+    assert_eq!(pause_timeouts(&ats), 2);
+    // The late call answers (4 s) reach no parked transaction.
+    std::thread::sleep(Duration::from_millis(3000));
+    let r = ats.request("GET", "/after", &[("x-call-paths", "/ok")], b"");
+    assert_eq!((r.status, r.header("x-call-status")), (200, Some("200")), "{r:?}");
+    assert!(!ats.diags_log().contains("panic"), "{}", ats.diags_log());
+    drop(ats);
+
+    // fail_open: the request goes on without waiting any longer.
+    let ats = pause_timeout_ats(600, true);
+    let t = Instant::now();
+    let r = ats.request("GET", "/held", &slow, b"");
+    let took = t.elapsed();
+    assert_eq!(r.status, 200, "{r:?}\n{}", ats.failure_report());
+    assert!(r.body_str().starts_with("GET /held HTTP/1.1"), "{r:?}");
+    assert!(took >= Duration::from_millis(500) && took < Duration::from_millis(3000), "answered after {took:?}");
+    assert!(ats.diags_log().contains("not continued within 600 ms (--pause-timeout-ms); fail_open"));
+    assert_eq!(pause_timeouts(&ats), 1);
+}

@@ -348,6 +348,7 @@ fn ats_stats_count_requests_traps_and_outcomes() {
         ("pool_poisonings", 2),
         ("deadline_hits", 0),
         ("memory_cap_hits", 0),
+        ("pause_timeouts", 0),
     ];
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -446,6 +447,7 @@ fn traffic_ctl_metric_match_shows_the_ats_stats() {
         "traps",
         "deadline_hits",
         "memory_cap_hits",
+        "pause_timeouts",
         "fail_open",
         "fail_closed",
         "pool_misses",

@@ -23,7 +23,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
-use super::backend::{Phase, StreamControl, TxnStream, take_stream_control};
+use super::backend::{Phase, TxnStream, take_stream_control};
 use super::{PLUGIN, Plugin, one_line};
 use crate::abi::types::HostResult;
 use crate::abi::{HttpCallRequest, HttpCallResponse, Status, guest};
@@ -306,21 +306,10 @@ impl Plugin {
                 let name = f.name.clone();
                 self.guest_failed(f, fc.lease, "proxy_on_http_call_response", &e);
                 take_stream_control(txn);
-                match parked_in {
-                    None => {
-                        self.slot.put(txn, state);
-                    }
-                    Some(Phase::Request) if !fail_open => {
-                        state.paused = None;
-                        let resume = Self::fail_closed_local(txn, &name);
-                        let resume = self.finish_request_phase(txn, state, resume);
-                        txn.reenable(resume);
-                    }
-                    Some(_) => {
-                        self.slot.put(txn, state);
-                        let control = if fail_open { StreamControl::Continue } else { StreamControl::Close };
-                        self.resume_txn(txn, control);
-                    }
+                if parked_in.is_some() {
+                    self.fail_parked(txn, state, fail_open, &name);
+                } else {
+                    self.slot.put(txn, state);
                 }
             }
             Err(e) => {

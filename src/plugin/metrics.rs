@@ -110,16 +110,20 @@ pub enum FailureReason {
     Deadline,
     /// The VM's memory reached `--max-memory`.
     MemoryCap,
+    /// A filter kept a transaction paused past `--pause-timeout-ms`.
+    PauseTimeout,
 }
 
 impl FailureReason {
-    const ALL: [FailureReason; 3] = [FailureReason::Trap, FailureReason::Deadline, FailureReason::MemoryCap];
+    const ALL: [FailureReason; 4] =
+        [FailureReason::Trap, FailureReason::Deadline, FailureReason::MemoryCap, FailureReason::PauseTimeout];
 
     fn label(self) -> &'static str {
         match self {
             FailureReason::Trap => "trap",
             FailureReason::Deadline => "deadline",
             FailureReason::MemoryCap => "memory_cap",
+            FailureReason::PauseTimeout => "pause_timeout",
         }
     }
 
@@ -128,6 +132,7 @@ impl FailureReason {
             FailureReason::Trap => "traps",
             FailureReason::Deadline => "deadline_hits",
             FailureReason::MemoryCap => "memory_cap_hits",
+            FailureReason::PauseTimeout => "pause_timeouts",
         }
     }
 }
@@ -246,7 +251,7 @@ impl CallbackObserver for HookTimer {
 pub struct FilterMetrics {
     timer: Option<Arc<HookTimer>>,
     observer: Observer,
-    failures: Option<[Counter; 3]>,
+    failures: Option<[Counter; FailureReason::ALL.len()]>,
     outcomes: Option<[Counter; 2]>,
     ats: AtsStats,
 }
@@ -255,7 +260,7 @@ pub struct FilterMetrics {
 /// refused to create it.
 struct AtsStats {
     requests: Option<Stat>,
-    failures: [Option<Stat>; 3],
+    failures: [Option<Stat>; FailureReason::ALL.len()],
     fail_open: Option<Stat>,
     fail_closed: Option<Stat>,
     pool_misses: Option<Stat>,
@@ -315,7 +320,7 @@ impl FilterMetrics {
             outcomes: None,
             ats: AtsStats {
                 requests: None,
-                failures: [None; 3],
+                failures: [None; FailureReason::ALL.len()],
                 fail_open: None,
                 fail_closed: None,
                 pool_misses: None,

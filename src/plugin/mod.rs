@@ -26,7 +26,9 @@ use ats_wasm_pool::{EngineOptions, LeasedVm, ModuleCompiler, PoolError, WasmEngi
 use crate::abi::{Action, HostState, MapType, QueueTarget, guest};
 use crate::config;
 use crate::ts::headers::{HeaderMap, WellKnownName};
-use crate::ts::hooks::{EventThread, HttpHook, TimerHandler, TxnCont, TxnHandler, every_on_this_thread};
+use crate::ts::hooks::{
+    EventThread, HttpHook, TimerHandler, TxnCont, TxnHandler, TxnTimer, TxnTimerHandler, every_on_this_thread,
+};
 use crate::ts::log;
 use crate::ts::txn::{Resume, Txn, TxnSlot};
 use backend::{AtsBackend, Phase, StreamControl, TxnStream, next_stream_control, take_stream_control};
@@ -38,6 +40,8 @@ struct Plugin {
     filters: Vec<Filter>,
     /// The per-VM memory cap (`--max-memory`).
     max_memory_bytes: usize,
+    /// `--pause-timeout-ms`: how long a filter may keep a transaction parked.
+    pause_timeout: Option<Duration>,
     slot: TxnSlot<TxnState>,
     cont: TxnCont,
     /// Dropped last: its ticker drives every VM's deadline.
@@ -80,6 +84,29 @@ impl TxnState {
 struct Paused {
     phase: Phase,
     next: usize,
+    /// Goes off after `--pause-timeout-ms`; dropped (cancelled) with the pause.
+    _timer: Option<TxnTimer>,
+}
+
+impl Paused {
+    /// The filter (index into the chain) that paused, given the transaction's contexts.
+    fn filter(&self, contexts: &[FilterCtx]) -> Option<usize> {
+        match self.phase {
+            Phase::Request => self.next.checked_sub(1),
+            _ => contexts.get(self.next).map(|c| c.filter),
+        }
+    }
+}
+
+/// Runs when a transaction stayed parked for `--pause-timeout-ms`.
+struct PauseTimeout;
+
+impl TxnTimerHandler for PauseTimeout {
+    fn on_txn_timer(txn: Txn) {
+        if let Some(p) = PLUGIN.get() {
+            p.pause_timed_out(txn);
+        }
+    }
 }
 
 thread_local! {
@@ -258,7 +285,15 @@ pub fn init(args: &[String]) {
         return;
     };
     let cont = TxnCont::new::<Hooks>();
-    if PLUGIN.set(Plugin { filters, max_memory_bytes: args.max_memory_bytes, slot, cont, _engine: engine }).is_err() {
+    let plugin = Plugin {
+        filters,
+        max_memory_bytes: args.max_memory_bytes,
+        pause_timeout: args.pause_timeout_ms.map(Duration::from_millis),
+        slot,
+        cont,
+        _engine: engine,
+    };
+    if PLUGIN.set(plugin).is_err() {
         log::error(b"ats_wasm: the plugin was initialized twice; the second configuration is ignored");
         return;
     }
@@ -482,7 +517,7 @@ impl Plugin {
                             Some(StreamControl::Continue) => {}
                             Some(StreamControl::Close) => return Resume::Error,
                             None => {
-                                state.paused = Some(Paused { phase: Phase::Request, next: i + 1 });
+                                state.paused = Some(self.pause(txn, Phase::Request, i + 1));
                                 return Resume::Parked;
                             }
                         }
@@ -564,7 +599,7 @@ impl Plugin {
                     Some(StreamControl::Continue) => Resume::Continue,
                     Some(StreamControl::Close) => Resume::Error,
                     None => {
-                        state.paused = Some(Paused { phase: Phase::Response, next: i });
+                        state.paused = Some(self.pause(txn, Phase::Response, i));
                         return Resume::Parked;
                     }
                 },
@@ -599,12 +634,15 @@ impl Plugin {
             self.slot.put(txn, state);
             return;
         };
-        let resume = match (control, paused.phase) {
+        let (phase, next) = (paused.phase, paused.next);
+        // Cancels its timer.
+        drop(paused);
+        let resume = match (control, phase) {
             (StreamControl::Close, _) => Resume::Error,
-            (StreamControl::Continue, Phase::Request) => self.run_request_filters(txn, &mut state, paused.next),
-            (StreamControl::Continue, _) => self.run_response_filters(txn, &mut state, paused.next),
+            (StreamControl::Continue, Phase::Request) => self.run_request_filters(txn, &mut state, next),
+            (StreamControl::Continue, _) => self.run_response_filters(txn, &mut state, next),
         };
-        let resume = match paused.phase {
+        let resume = match phase {
             Phase::Request => self.finish_request_phase(txn, state, resume),
             _ => {
                 if resume == Resume::Continue {
@@ -616,6 +654,55 @@ impl Plugin {
         };
         // The state is stored again before this: re-enabling may run the next hook at once.
         txn.reenable(resume);
+    }
+
+    /// A pause of `txn` in `phase` that goes on at `next` (see [`Paused`]), with its timer.
+    fn pause(&self, txn: Txn, phase: Phase, next: usize) -> Paused {
+        let timer = self.pause_timeout.and_then(|d| {
+            let t = TxnTimer::start::<PauseTimeout>(txn, d);
+            if t.is_none() {
+                log::debug(b"no pause timer (not on an event thread, or ATS refused)");
+            }
+            t
+        });
+        Paused { phase, next, _timer: timer }
+    }
+
+    /// A filter kept `txn` parked for `--pause-timeout-ms`: counted as a failure of that
+    /// filter (reason `pause_timeout`), and its policy decides, as for a failed callback.
+    fn pause_timed_out(&self, txn: Txn) {
+        let Some(state) = self.slot.take(txn) else { return };
+        let Some(paused) = &state.paused else {
+            self.slot.put(txn, state);
+            return;
+        };
+        let what = if paused.phase == Phase::Request { "the paused request" } else { "the paused response" };
+        let Some(f) = paused.filter(&state.contexts).and_then(|i| self.filters.get(i)) else {
+            self.slot.put(txn, state);
+            self.resume_txn(txn, StreamControl::Continue);
+            return;
+        };
+        f.metrics.callback_failed(FailureReason::PauseTimeout);
+        let ms = self.pause_timeout.map_or(0, |d| d.as_millis());
+        self.failed(f, what, &format!("not continued within {ms} ms (--pause-timeout-ms)"));
+        self.fail_parked(txn, state, f.fail_open, &f.name);
+    }
+
+    /// Ends the pause of a parked transaction (`state.paused` set) whose pausing filter failed,
+    /// under that filter's policy: fail-open runs the rest of the paused phase; fail-closed
+    /// answers with a 503 local response in the request phase and fails the transaction in
+    /// the response phase.
+    fn fail_parked(&self, txn: Txn, mut state: TxnState, fail_open: bool, name: &str) {
+        if !fail_open && state.paused.as_ref().is_some_and(|p| p.phase == Phase::Request) {
+            state.paused = None;
+            let resume = Self::fail_closed_local(txn, name);
+            let resume = self.finish_request_phase(txn, state, resume);
+            txn.reenable(resume);
+        } else {
+            self.slot.put(txn, state);
+            let control = if fail_open { StreamControl::Continue } else { StreamControl::Close };
+            self.resume_txn(txn, control);
+        }
     }
 
     /// Starts this thread's timers for the filters whose modules asked for ticks (once per

@@ -2,6 +2,7 @@
 
 use std::ffi::{c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
 
 use super::log;
 use super::sys;
@@ -189,5 +190,112 @@ unsafe extern "C" fn once_trampoline<H: TimerHandler>(
     unsafe { run_scheduled::<H>(cont) };
     // SAFETY: this one-shot continuation is not used again.
     unsafe { sys::TSContDestroy(cont) };
+    0
+}
+
+/// Handles the timers started with [`TxnTimer::start`].
+pub trait TxnTimerHandler: 'static {
+    /// The timer of `txn` went off (on the thread that started it).
+    fn on_txn_timer(txn: Txn);
+}
+
+/// One pending transaction timer: its id (the continuation's data), the transaction, the
+/// thread it runs on, and what cancelling it needs.
+struct PendingTxnTimer {
+    id: usize,
+    txn: Txn,
+    thread: EventThread,
+    action: sys::TSAction,
+    cont: sys::TSCont,
+}
+
+// SAFETY: opaque ATS handles; the action and continuation are only used on `thread` (see
+// `TxnTimer::drop`), the transaction only by the timer's handler on that thread.
+unsafe impl Send for PendingTxnTimer {}
+
+/// Transaction timers that have neither gone off nor been cancelled. Process-wide (not per
+/// thread) so that a timer dropped on another thread than its own still stops its handler
+/// from running; only paused transactions have timers, so the lock is off the common path.
+static TXN_TIMERS: std::sync::Mutex<Vec<PendingTxnTimer>> = std::sync::Mutex::new(Vec::new());
+static NEXT_TXN_TIMER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+fn txn_timers() -> std::sync::MutexGuard<'static, Vec<PendingTxnTimer>> {
+    TXN_TIMERS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Removes timer `id` from the table, if it is still pending.
+fn take_txn_timer(id: usize) -> Option<PendingTxnTimer> {
+    let mut t = txn_timers();
+    let i = t.iter().position(|p| p.id == id)?;
+    Some(t.swap_remove(i))
+}
+
+/// A one-shot timer for one transaction on the current event thread: `H::on_txn_timer(txn)`
+/// runs once, on that thread, after the delay — unless the timer is dropped first. Dropping it
+/// cancels it (from its own thread it also frees the continuation at once; from another, the
+/// event still comes and does nothing). A holder that drops it no later than the
+/// transaction's `TXN_CLOSE` hook therefore never gets a call for a closed transaction.
+#[must_use = "dropping the timer cancels it"]
+pub struct TxnTimer {
+    id: usize,
+}
+
+impl TxnTimer {
+    /// Starts the timer for `txn`. `None` when this is not an event thread or ATS refused.
+    pub fn start<H: TxnTimerHandler>(txn: Txn, delay: Duration) -> Option<TxnTimer> {
+        let ms = delay.as_millis().clamp(1, i64::MAX as u128) as i64;
+        let thread = EventThread::current()?;
+        let id = NEXT_TXN_TIMER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cont = scheduled_cont(Some(txn_timer_trampoline::<H>), id);
+        // The entry is in the table before the event can run.
+        let mut timers = txn_timers();
+        // SAFETY: cont and the thread are valid.
+        let action = unsafe { sys::TSContScheduleOnThread(cont, ms, thread.0) };
+        if action.is_null() {
+            drop(timers);
+            // SAFETY: never scheduled, so nothing else refers to it.
+            unsafe { sys::TSContDestroy(cont) };
+            return None;
+        }
+        timers.push(PendingTxnTimer { id, txn, thread, action, cont });
+        Some(TxnTimer { id })
+    }
+}
+
+impl Drop for TxnTimer {
+    fn drop(&mut self) {
+        // Not in the table: it went off already.
+        let Some(pending) = take_txn_timer(self.id) else { return };
+        if EventThread::current() != Some(pending.thread) {
+            // Out of the table, its event will find nothing to do and free the continuation.
+            return;
+        }
+        // SAFETY: the timer is pending (the trampoline takes it out of the table before
+        // anything else) and its event runs on this thread, so not concurrently: the action is
+        // live. Cancelling a TSContScheduleOnThread action also settles the continuation's
+        // event count, after which destroying it frees it at once.
+        unsafe {
+            sys::TSActionCancel(pending.action);
+            sys::TSContDestroy(pending.cont);
+        }
+    }
+}
+
+unsafe extern "C" fn txn_timer_trampoline<H: TxnTimerHandler>(
+    cont: sys::TSCont,
+    _event: sys::TSEvent,
+    _edata: *mut c_void,
+) -> c_int {
+    // SAFETY: cont was created by `TxnTimer::start` through `scheduled_cont`; its data is the id.
+    let id = unsafe { sys::TSContDataGet(cont) } as usize;
+    let pending = take_txn_timer(id);
+    // SAFETY: this one-shot continuation is not used again (it is out of the table).
+    unsafe { sys::TSContDestroy(cont) };
+    // A timer still in the table has not been dropped, so its transaction has not closed.
+    if let Some(p) = pending
+        && catch_unwind(AssertUnwindSafe(|| H::on_txn_timer(p.txn))).is_err()
+    {
+        log::error(b"ats_wasm: internal error (panic) in a transaction timer; ATS goes on");
+    }
     0
 }
