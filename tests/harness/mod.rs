@@ -1183,10 +1183,20 @@ impl AtsBuilder {
                 .and_then(|mut c| c.get(&format!("/__ready?probe={probe}"), &[("Connection", "close")]));
             let ok = answer.is_ok();
             let foreign = answer.as_ref().ok().and_then(|r| r.header("x-harness-origin").map(str::to_string));
-            if let Some(other) = foreign.filter(|o| *o != self.origin.port().to_string()) {
-                // Another test's ATS holds this port (ours cannot bind it): start over elsewhere.
+            // ATS names itself in `Server` (`proxy.config.http.response_server_enabled`); an
+            // answer without it comes from something else on this port, e.g. another test's
+            // Prometheus endpoint, which bound port 0 and got the same port from the kernel.
+            let not_ats =
+                answer.as_ref().ok().is_some_and(|r| !r.header("server").is_some_and(|s| s.starts_with("ATS/")));
+            let clash = match foreign.filter(|o| *o != self.origin.port().to_string()) {
+                Some(other) => Some(format!("port {port} is served by another ATS (origin {other})")),
+                None if not_ats => Some(format!("port {port} is served by something other than ATS")),
+                None => None,
+            };
+            if let Some(why) = clash {
+                // Another process holds this port (ours cannot bind it): start over elsewhere.
                 kill_group_and_reap(&mut launched.child, Duration::from_secs(2));
-                let mut e = launched.failure(&format!("port {port} is served by another ATS (origin {other})"));
+                let mut e = launched.failure(&why);
                 e.port_clash = true;
                 return Err(e);
             }
