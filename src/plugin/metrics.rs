@@ -714,7 +714,8 @@ mod tests {
         assert!(text.contains(&format!("{HOOK_DURATION}_bucket{{{log},le=\"+Inf\"}} 1\n")), "{text}");
         let tick = "filter=\"f\\\"1\",hook=\"tick\"";
         assert!(text.contains(&format!("{HOOK_DURATION}_bucket{{{tick},le=\"0.0025\"}} 0\n")), "{text}");
-        assert!(text.contains(&format!("{HOOK_DURATION}_bucket{{{tick},le=\"0.005\"}} 1\n")), "3 ms: {text}");
+        // At least 3 ms; no upper bound: a loaded machine may sleep much longer.
+        assert!(text.contains(&format!("{HOOK_DURATION}_bucket{{{tick},le=\"+Inf\"}} 1\n")), "3 ms: {text}");
         assert!(!text.contains("hook=\"done\""), "callbacks that never ran are left out: {text}");
         assert_eq!(text.matches(&format!("# TYPE {HOOK_DURATION} histogram")).count(), 1);
     }
