@@ -298,6 +298,9 @@ pub struct FilterConfig {
     pub isolation: Option<Isolation>,
     /// `config.callback_deadline_ms`: overrides `--callback-deadline-ms` for this filter.
     pub callback_deadline_ms: Option<u64>,
+    /// `config.pause_timeout_ms: N|off`: overrides `--pause-timeout-ms` for this filter;
+    /// `Some(None)` is `off`.
+    pub pause_timeout_ms: Option<Option<u64>>,
     /// `config.bodies: none|request|response|both` (default `none`): which bodies the filter's
     /// body callbacks see (ATS transforms are installed only for those).
     pub bodies: Bodies,
@@ -471,6 +474,7 @@ pub fn parse_filter(
             "pool_size",
             "isolation",
             "callback_deadline_ms",
+            "pause_timeout_ms",
             "bodies",
             "max_body_bytes",
             "cache_transformed",
@@ -546,6 +550,19 @@ pub fn parse_filter(
             return Err(format!("config.callback_deadline_ms: expected a whole number from 1 to 60000, got {n}"));
         }
     };
+    let pause_timeout_ms = match config.get(&["pause_timeout_ms"]) {
+        None | Some((Yaml::Null, _)) => None,
+        Some((Yaml::Integer(n), _)) if (1..=3_600_000).contains(n) => Some(Some(*n as u64)),
+        Some((Yaml::String(off), _)) if off == "off" => Some(None),
+        Some((other, key)) => {
+            let got = match other {
+                Yaml::Integer(n) => n.to_string(),
+                Yaml::String(s) => format!("\"{s}\""),
+                other => kind(other).to_string(),
+            };
+            return Err(format!("{key}: expected a whole number from 1 to 3600000 or \"off\", got {got}"));
+        }
+    };
     let isolation = match config.string(&["isolation"])? {
         None => None,
         Some(v) => Some(Isolation::parse("config.isolation", &v)?),
@@ -595,6 +612,7 @@ pub fn parse_filter(
         pool_size,
         isolation,
         callback_deadline_ms,
+        pause_timeout_ms,
         bodies,
         max_body_bytes,
         cache_transformed,
@@ -803,15 +821,25 @@ config:
     #[test]
     fn failure_policy_and_per_filter_overrides() {
         let base = "  vm_config:\n    code:\n      local:\n        filename: m.wasm\n";
-        let f = parse(&format!("config:\n  failure_policy: fail_closed\n  pool_size: 3\n  isolation: transaction\n  callback_deadline_ms: 20\n{base}")).unwrap();
+        let f = parse(&format!("config:\n  failure_policy: fail_closed\n  pool_size: 3\n  isolation: transaction\n  callback_deadline_ms: 20\n  pause_timeout_ms: 1500\n{base}")).unwrap();
         assert!(!f.fail_open);
+        assert_eq!(f.pause_timeout_ms, Some(Some(1500)));
+        assert_eq!(parse(&format!("config:\n  pause_timeout_ms: off\n{base}")).unwrap().pause_timeout_ms, Some(None));
+        assert_eq!(
+            parse(&format!("config:\n  pause_timeout_ms: 0\n{base}")).unwrap_err(),
+            "config.pause_timeout_ms: expected a whole number from 1 to 3600000 or \"off\", got 0"
+        );
+        assert_eq!(
+            parse(&format!("config:\n  pause_timeout_ms: never\n{base}")).unwrap_err(),
+            "config.pause_timeout_ms: expected a whole number from 1 to 3600000 or \"off\", got \"never\""
+        );
         assert!(f.unknown_keys.is_empty(), "the overrides are known keys: {:?}", f.unknown_keys);
         assert_eq!(
             (f.pool_size, f.isolation, f.callback_deadline_ms),
             (Some(3), Some(Isolation::Transaction), Some(20))
         );
         let f = parse(&format!("config:\n{base}")).unwrap();
-        assert_eq!((f.pool_size, f.isolation, f.callback_deadline_ms), (None, None, None));
+        assert_eq!((f.pool_size, f.isolation, f.callback_deadline_ms, f.pause_timeout_ms), (None, None, None, None));
         assert!(parse(&format!("config:\n  failure_policy: fail_open\n  fail_open: true\n{base}")).unwrap().fail_open);
         assert_eq!(
             parse(&format!("config:\n  failure_policy: fail_open\n  fail_open: false\n{base}")).unwrap_err(),

@@ -400,17 +400,18 @@ fn https_upstreams_are_reached_over_tls_by_ats() {
     assert_eq!((r.status, r.header("x-call-status")), (200, Some("fail")), "{r:?}");
 }
 
-/// ATS with `call-probe` (its `origin` cluster is the harness origin), `--pause-timeout-ms=ms`
-/// and `fail_open: <fail_open>` in its YAML.
-fn pause_timeout_ats(ms: u64, fail_open: bool) -> Ats {
+/// ATS with `call-probe` (its `origin` cluster is the harness origin), the plugin argument
+/// `--pause-timeout-ms=<arg_ms>`, and in its YAML `fail_open: <fail_open>` and the lines
+/// `yaml_extra`.
+fn pause_timeout_ats(arg_ms: u64, fail_open: bool, yaml_extra: &str) -> Ats {
     let b = Ats::builder().net_threads(2);
     let origin = format!("127.0.0.1:{}", b.origin_port());
     let y = yaml("call-probe", &example_wasm("call-probe"), "{}", &[("origin", origin)]).replacen(
         "config:\n",
-        &format!("config:\n  fail_open: {fail_open}\n"),
+        &format!("config:\n  fail_open: {fail_open}\n{yaml_extra}"),
         1,
     );
-    b.config_file("probe.yaml", y).plugin(&[&format!("--pause-timeout-ms={ms}"), "probe.yaml"]).start()
+    b.config_file("probe.yaml", y).plugin(&[&format!("--pause-timeout-ms={arg_ms}"), "probe.yaml"]).start()
 }
 
 /// `ats_wasm_callback_failures_total{filter="call-probe",reason="pause_timeout"}`.
@@ -428,7 +429,7 @@ fn pause_timeouts(ats: &Ats) -> u64 {
 fn a_filter_that_keeps_a_transaction_paused_too_long_meets_its_failure_policy() {
     // The probe pauses until its call answers; the call takes 4 s, the pause may last 600 ms.
     let slow = [("x-call-paths", "/slow?delay_ms=4000"), ("x-call-timeout-ms", "10000")];
-    let ats = pause_timeout_ats(600, false);
+    let ats = pause_timeout_ats(600, false, "");
     let t = Instant::now();
     let r = ats.request("GET", "/held", &slow, b"");
     let took = t.elapsed();
@@ -440,7 +441,7 @@ fn a_filter_that_keeps_a_transaction_paused_too_long_meets_its_failure_policy() 
     assert!(!ats.origin().seen().iter().any(|s| s.path == "/held"));
     assert!(
         ats.wait_for_diags(
-            "filter \"call-probe\": the paused request failed: not continued within 600 ms (--pause-timeout-ms); fail_closed",
+            "filter \"call-probe\": the paused request failed: not continued within 600 ms (pause timeout); fail_closed",
             Duration::from_secs(2)
         ),
         "{}",
@@ -476,14 +477,15 @@ fn a_filter_that_keeps_a_transaction_paused_too_long_meets_its_failure_policy() 
     assert!(!ats.diags_log().contains("panic"), "{}", ats.diags_log());
     drop(ats);
 
-    // fail_open: the request goes on without waiting any longer.
-    let ats = pause_timeout_ats(600, true);
+    // fail_open: the request goes on without waiting any longer. The filter's own
+    // `pause_timeout_ms` overrides the plugin's 60 s.
+    let ats = pause_timeout_ats(60_000, true, "  pause_timeout_ms: 600\n");
     let t = Instant::now();
     let r = ats.request("GET", "/held", &slow, b"");
     let took = t.elapsed();
     assert_eq!(r.status, 200, "{r:?}\n{}", ats.failure_report());
     assert!(r.body_str().starts_with("GET /held HTTP/1.1"), "{r:?}");
     assert!(took >= Duration::from_millis(500) && took < Duration::from_millis(3000), "answered after {took:?}");
-    assert!(ats.diags_log().contains("not continued within 600 ms (--pause-timeout-ms); fail_open"));
+    assert!(ats.diags_log().contains("not continued within 600 ms (pause timeout); fail_open"), "{}", ats.diags_log());
     assert_eq!(pause_timeouts(&ats), 1);
 }

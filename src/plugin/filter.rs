@@ -18,6 +18,9 @@ use crate::ts::log;
 pub(crate) struct Filter {
     pub(crate) name: String,
     pub(crate) fail_open: bool,
+    /// How long the filter may keep a transaction paused (`--pause-timeout-ms`, or the YAML's
+    /// `pause_timeout_ms`); `None`: no limit of ours.
+    pub(crate) pause_timeout: Option<Duration>,
     pub(crate) pool: VmPool<HostState<AtsBackend>>,
     /// Ready VMs per thread, the refill target.
     pub(crate) pool_size: usize,
@@ -113,6 +116,7 @@ impl Filter {
         Ok(Filter {
             name: cfg.name,
             fail_open: cfg.fail_open,
+            pause_timeout: cfg.pause_timeout_ms.unwrap_or(args.pause_timeout_ms).map(Duration::from_millis),
             pool,
             pool_size,
             tick_period,

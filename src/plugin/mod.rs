@@ -40,8 +40,6 @@ struct Plugin {
     filters: Vec<Filter>,
     /// The per-VM memory cap (`--max-memory`).
     max_memory_bytes: usize,
-    /// `--pause-timeout-ms`: how long a filter may keep a transaction parked.
-    pause_timeout: Option<Duration>,
     slot: TxnSlot<TxnState>,
     cont: TxnCont,
     /// Dropped last: its ticker drives every VM's deadline.
@@ -285,14 +283,7 @@ pub fn init(args: &[String]) {
         return;
     };
     let cont = TxnCont::new::<Hooks>();
-    let plugin = Plugin {
-        filters,
-        max_memory_bytes: args.max_memory_bytes,
-        pause_timeout: args.pause_timeout_ms.map(Duration::from_millis),
-        slot,
-        cont,
-        _engine: engine,
-    };
+    let plugin = Plugin { filters, max_memory_bytes: args.max_memory_bytes, slot, cont, _engine: engine };
     if PLUGIN.set(plugin).is_err() {
         log::error(b"ats_wasm: the plugin was initialized twice; the second configuration is ignored");
         return;
@@ -517,7 +508,7 @@ impl Plugin {
                             Some(StreamControl::Continue) => {}
                             Some(StreamControl::Close) => return Resume::Error,
                             None => {
-                                state.paused = Some(self.pause(txn, Phase::Request, i + 1));
+                                state.paused = Some(Self::pause(txn, f, Phase::Request, i + 1));
                                 return Resume::Parked;
                             }
                         }
@@ -599,7 +590,7 @@ impl Plugin {
                     Some(StreamControl::Continue) => Resume::Continue,
                     Some(StreamControl::Close) => Resume::Error,
                     None => {
-                        state.paused = Some(self.pause(txn, Phase::Response, i));
+                        state.paused = Some(Self::pause(txn, f, Phase::Response, i));
                         return Resume::Parked;
                     }
                 },
@@ -656,9 +647,10 @@ impl Plugin {
         txn.reenable(resume);
     }
 
-    /// A pause of `txn` in `phase` that goes on at `next` (see [`Paused`]), with its timer.
-    fn pause(&self, txn: Txn, phase: Phase, next: usize) -> Paused {
-        let timer = self.pause_timeout.and_then(|d| {
+    /// A pause of `txn` by filter `f` in `phase` that goes on at `next` (see [`Paused`]), with
+    /// its timer.
+    fn pause(txn: Txn, f: &Filter, phase: Phase, next: usize) -> Paused {
+        let timer = f.pause_timeout.and_then(|d| {
             let t = TxnTimer::start::<PauseTimeout>(txn, d);
             if t.is_none() {
                 log::debug(b"no pause timer (not on an event thread, or ATS refused)");
@@ -683,8 +675,8 @@ impl Plugin {
             return;
         };
         f.metrics.callback_failed(FailureReason::PauseTimeout);
-        let ms = self.pause_timeout.map_or(0, |d| d.as_millis());
-        self.failed(f, what, &format!("not continued within {ms} ms (--pause-timeout-ms)"));
+        let ms = f.pause_timeout.map_or(0, |d| d.as_millis());
+        self.failed(f, what, &format!("not continued within {ms} ms (pause timeout)"));
         self.fail_parked(txn, state, f.fail_open, &f.name);
     }
 
