@@ -1,7 +1,10 @@
 //! Continuations and HTTP hooks, with every handler run under `catch_unwind`.
 
+use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::log;
@@ -199,10 +202,9 @@ pub trait TxnTimerHandler: 'static {
     fn on_txn_timer(txn: Txn);
 }
 
-/// One pending transaction timer: its id (the continuation's data), the transaction, the
-/// thread it runs on, and what cancelling it needs.
+/// One pending transaction timer (keyed by its id, the continuation's data): the transaction,
+/// the thread it runs on, and what cancelling it needs.
 struct PendingTxnTimer {
-    id: usize,
     txn: Txn,
     thread: EventThread,
     action: sys::TSAction,
@@ -213,21 +215,21 @@ struct PendingTxnTimer {
 // `TxnTimer::drop`), the transaction only by the timer's handler on that thread.
 unsafe impl Send for PendingTxnTimer {}
 
-/// Transaction timers that have neither gone off nor been cancelled. Process-wide (not per
-/// thread) so that a timer dropped on another thread than its own still stops its handler
-/// from running; only paused transactions have timers, so the lock is off the common path.
-static TXN_TIMERS: std::sync::Mutex<Vec<PendingTxnTimer>> = std::sync::Mutex::new(Vec::new());
-static NEXT_TXN_TIMER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+type TxnTimerTable = HashMap<usize, PendingTxnTimer>;
 
-fn txn_timers() -> std::sync::MutexGuard<'static, Vec<PendingTxnTimer>> {
+/// Transaction timers that have neither gone off nor been cancelled, by id. Process-wide (not
+/// per thread) so that a timer dropped on another thread than its own still stops its handler
+/// from running; only paused transactions have timers, so the lock is off the common path.
+static TXN_TIMERS: LazyLock<Mutex<TxnTimerTable>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+static NEXT_TXN_TIMER: AtomicUsize = AtomicUsize::new(1);
+
+fn txn_timers() -> MutexGuard<'static, TxnTimerTable> {
     TXN_TIMERS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Removes timer `id` from the table, if it is still pending.
 fn take_txn_timer(id: usize) -> Option<PendingTxnTimer> {
-    let mut t = txn_timers();
-    let i = t.iter().position(|p| p.id == id)?;
-    Some(t.swap_remove(i))
+    txn_timers().remove(&id)
 }
 
 /// A one-shot timer for one transaction on the current event thread: `H::on_txn_timer(txn)`
@@ -245,7 +247,7 @@ impl TxnTimer {
     pub fn start<H: TxnTimerHandler>(txn: Txn, delay: Duration) -> Option<TxnTimer> {
         let ms = delay.as_millis().clamp(1, i64::MAX as u128) as i64;
         let thread = EventThread::current()?;
-        let id = NEXT_TXN_TIMER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = NEXT_TXN_TIMER.fetch_add(1, Ordering::Relaxed);
         let cont = scheduled_cont(Some(txn_timer_trampoline::<H>), id);
         // The entry is in the table before the event can run.
         let mut timers = txn_timers();
@@ -257,7 +259,7 @@ impl TxnTimer {
             unsafe { sys::TSContDestroy(cont) };
             return None;
         }
-        timers.push(PendingTxnTimer { id, txn, thread, action, cont });
+        timers.insert(id, PendingTxnTimer { txn, thread, action, cont });
         Some(TxnTimer { id })
     }
 }
