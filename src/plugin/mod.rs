@@ -82,7 +82,7 @@ impl TxnState {
 struct Paused {
     phase: Phase,
     next: usize,
-    /// Goes off after `--pause-timeout-ms`; dropped (cancelled) with the pause.
+    /// Goes off after the pausing filter's pause timeout; dropped (cancelled) with the pause.
     _timer: Option<TxnTimer>,
 }
 
@@ -96,7 +96,8 @@ impl Paused {
     }
 }
 
-/// Runs when a transaction stayed parked for `--pause-timeout-ms`.
+/// Runs when a transaction stayed parked for its pausing filter's pause timeout
+/// (`pause_timeout_ms`, else `--pause-timeout-ms`).
 struct PauseTimeout;
 
 impl TxnTimerHandler for PauseTimeout {
@@ -660,7 +661,7 @@ impl Plugin {
         Paused { phase, next, _timer: timer }
     }
 
-    /// A filter kept `txn` parked for `--pause-timeout-ms`: counted as a failure of that
+    /// A filter kept `txn` parked for its pause timeout: counted as a failure of that
     /// filter (reason `pause_timeout`), and its policy decides, as for a failed callback.
     fn pause_timed_out(&self, txn: Txn) {
         let Some(state) = self.slot.take(txn) else { return };
