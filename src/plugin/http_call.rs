@@ -132,7 +132,7 @@ pub(crate) fn internal_request(txn: Txn, cont: TxnCont) {
     let Some(h) = txn.client_request() else { return };
     let mut v = Vec::new();
     if h.get(CALL_MARKER, &mut v) {
-        txn.bypass_remap_and_cache();
+        txn.set_up_as_plugin_call();
         cont.add_to_txn(txn, HttpHook::SendRequestHdr);
         cont.add_to_txn(txn, HttpHook::SendResponseHdr);
     }

@@ -268,21 +268,18 @@ impl Txn {
         unsafe { sys::TSHttpTxnIsInternal(self.0) != 0 }
     }
 
-    /// Sends this transaction's request where its (absolute) URL says, without remap, without
-    /// the cache and on an origin connection of its own that is closed afterwards
-    /// (`TSSkipRemappingSet`; `proxy.config.http.cache.http` and
-    /// `proxy.config.http.keep_alive_enabled_out` = 0 for it). Why no keep-alive, measured on
-    /// 9.2: with it, ATS does pool and reuse these connections (an nginx upstream, 2 net
-    /// threads, 8 clients: 400 requests with one call each used 4 upstream connections), but
-    /// under the sustained load of `tests/http_calls.rs` (20,000 requests with auth calls to
-    /// the harness origin) reused connections soon failed — client requests got ATS's 502
-    /// "server connection terminated" and calls failed. Not understood yet.
-    pub fn bypass_remap_and_cache(self) {
+    /// Sends this transaction's request where its (absolute) URL says, without remap and
+    /// without the cache (`TSSkipRemappingSet`; `proxy.config.http.cache.http` = 0 for it), on
+    /// a shared upstream connection even when it carries `Authorization`
+    /// (`proxy.config.http.auth_server_session_private` = 0 for it). Measured on 9.2: with that
+    /// privacy on, every such internal transaction left one idle upstream connection bound to
+    /// its client session that no later transaction could use, until connections ran out.
+    pub fn set_up_as_plugin_call(self) {
         // SAFETY: live transaction, before remap (READ_REQUEST_HDR).
         unsafe {
             sys::TSSkipRemappingSet(self.0, 1);
             sys::TSHttpTxnConfigIntSet(self.0, sys::TS_CONFIG_HTTP_CACHE_HTTP, 0);
-            sys::TSHttpTxnConfigIntSet(self.0, sys::TS_CONFIG_HTTP_KEEP_ALIVE_ENABLED_OUT, 0);
+            sys::TSHttpTxnConfigIntSet(self.0, sys::TS_CONFIG_HTTP_AUTH_SERVER_SESSION_PRIVATE, 0);
         }
     }
 
