@@ -158,7 +158,7 @@ pub fn fetch<H: FetchHandler>(req: &FetchRequest<'_>, home: EventThread, tag: u6
     // SAFETY: the continuation owns the call from here; fetch_event frees it exactly once.
     unsafe { sys::TSContDataSet(cont, call as *mut c_void) };
     if let Some(t) = req.timeout {
-        let ms = t.as_millis().clamp(1, i64::MAX as u128) as sys::TSHRTime;
+        let ms = super::hooks::schedule_ms(t);
         // SAFETY: cont and the thread are valid; the mutex is held (schedule takes it too).
         let timer = unsafe { sys::TSContScheduleOnThread(cont, ms, home.raw()) };
         // SAFETY: call is live and only reachable under the mutex, which this thread holds.

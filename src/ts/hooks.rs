@@ -120,6 +120,12 @@ unsafe fn run_scheduled<H: TimerHandler>(cont: sys::TSCont) {
     }
 }
 
+/// `d` as the milliseconds ATS's scheduling calls take: at least 1 (0 would mean "now"),
+/// saturating at the largest `TSHRTime`.
+pub(super) fn schedule_ms(d: Duration) -> sys::TSHRTime {
+    d.as_millis().clamp(1, i64::MAX as u128) as sys::TSHRTime
+}
+
 /// A continuation for scheduling, with its own mutex (ATS requires one for scheduled
 /// continuations) and `data` as its data.
 fn scheduled_cont(func: sys::TSEventFunc, data: usize) -> sys::TSCont {
@@ -144,8 +150,8 @@ unsafe extern "C" fn timer_trampoline<H: TimerHandler>(
 /// Calls `H::on_timer(data)` every `period` on the current event thread, for the life of the
 /// process (`TSContScheduleEveryOnThread`). Returns false when the current thread is not an
 /// event thread or ATS refused.
-pub fn every_on_this_thread<H: TimerHandler>(period: std::time::Duration, data: usize) -> bool {
-    let ms = period.as_millis().clamp(1, i64::MAX as u128) as i64;
+pub fn every_on_this_thread<H: TimerHandler>(period: Duration, data: usize) -> bool {
+    let ms = schedule_ms(period);
     let Some(thread) = EventThread::current() else {
         return false;
     };
@@ -245,7 +251,7 @@ pub struct TxnTimer {
 impl TxnTimer {
     /// Starts the timer for `txn`. `None` when this is not an event thread or ATS refused.
     pub fn start<H: TxnTimerHandler>(txn: Txn, delay: Duration) -> Option<TxnTimer> {
-        let ms = delay.as_millis().clamp(1, i64::MAX as u128) as i64;
+        let ms = schedule_ms(delay);
         let thread = EventThread::current()?;
         let id = NEXT_TXN_TIMER.fetch_add(1, Ordering::Relaxed);
         let cont = scheduled_cont(Some(txn_timer_trampoline::<H>), id);
