@@ -164,6 +164,9 @@ impl Default for PluginArgs {
 /// client connection without any response.
 pub const DEFAULT_PAUSE_TIMEOUT_MS: u64 = 20_000;
 
+/// The largest pause timeout, as argument or YAML key: one hour.
+const MAX_PAUSE_TIMEOUT_MS: u64 = 3_600_000;
+
 /// The Prometheus endpoint's default port (on 127.0.0.1).
 pub const DEFAULT_METRICS_PORT: u16 = 9464;
 
@@ -219,7 +222,7 @@ pub fn parse_args(args: &[String], config_dir: &Path) -> Result<PluginArgs, Stri
                 "pause-timeout-ms" => {
                     out.pause_timeout_ms = match value {
                         "off" => None,
-                        v => Some(parse_number(&flag, v, 1, 3_600_000)?),
+                        v => Some(parse_number(&flag, v, 1, MAX_PAUSE_TIMEOUT_MS)?),
                     }
                 }
                 "max-memory" => {
@@ -552,7 +555,7 @@ pub fn parse_filter(
     };
     let pause_timeout_ms = match config.get(&["pause_timeout_ms"]) {
         None | Some((Yaml::Null, _)) => None,
-        Some((Yaml::Integer(n), _)) if (1..=3_600_000).contains(n) => Some(Some(*n as u64)),
+        Some((Yaml::Integer(n), _)) if (1..=MAX_PAUSE_TIMEOUT_MS as i64).contains(n) => Some(Some(*n as u64)),
         Some((Yaml::String(off), _)) if off == "off" => Some(None),
         Some((other, key)) => {
             let got = match other {
@@ -560,7 +563,9 @@ pub fn parse_filter(
                 Yaml::String(s) => format!("\"{s}\""),
                 other => kind(other).to_string(),
             };
-            return Err(format!("{key}: expected a whole number from 1 to 3600000 or \"off\", got {got}"));
+            return Err(format!(
+                "{key}: expected a whole number from 1 to {MAX_PAUSE_TIMEOUT_MS} or \"off\", got {got}"
+            ));
         }
     };
     let isolation = match config.string(&["isolation"])? {
