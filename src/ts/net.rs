@@ -36,19 +36,24 @@ mod tests {
 
     #[test]
     fn ipv4_and_ipv6_addresses_convert_from_network_byte_order() {
+        // SAFETY: all-zero is a valid sockaddr_in.
         let mut v4: libc::sockaddr_in = unsafe { std::mem::zeroed() };
         v4.sin_family = libc::AF_INET as libc::sa_family_t;
         v4.sin_port = 8080u16.to_be();
         v4.sin_addr.s_addr = u32::from(Ipv4Addr::new(127, 0, 0, 1)).to_be();
+        // SAFETY: points at a live sockaddr_in whose family says so.
         let got = unsafe { to_socket_addr(&v4 as *const _ as *const libc::sockaddr) };
         assert_eq!(got, Some("127.0.0.1:8080".parse().unwrap()));
 
+        // SAFETY: all-zero is a valid sockaddr_in6.
         let mut v6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
         v6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
         v6.sin6_port = 443u16.to_be();
         v6.sin6_addr.s6_addr = Ipv6Addr::LOCALHOST.octets();
+        // SAFETY: points at a live sockaddr_in6 whose family says so.
         let got = unsafe { to_socket_addr(&v6 as *const _ as *const libc::sockaddr) };
         assert_eq!(got, Some("[::1]:443".parse().unwrap()));
+        // SAFETY: a null pointer is allowed (it answers None).
         assert_eq!(unsafe { to_socket_addr(std::ptr::null()) }, None);
     }
 }
