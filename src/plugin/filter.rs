@@ -1,4 +1,5 @@
 //! One configured filter: its compiled module and its per-thread VM pool.
+#![forbid(unsafe_code)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +9,8 @@ use ats_wasm_pool::{
 };
 
 use super::backend::AtsBackend;
+use super::diags::one_line;
 use super::metrics::{Exporter, FilterMetrics};
-use super::one_line;
 use crate::abi::{HostState, PluginInfo, guest, linker_for, validate_module};
 use crate::config::{Bodies, FilterConfig, Isolation, PluginArgs};
 use crate::ts::log;
@@ -126,5 +127,11 @@ impl Filter {
             cache_transformed: cfg.cache_transformed,
             metrics,
         })
+    }
+
+    /// Whether the filter's contexts live in VMs of their transaction's own (`transaction`
+    /// isolation).
+    pub(crate) fn owns_vms(&self) -> bool {
+        self.pool.config().isolation == PoolIsolation::Transaction
     }
 }

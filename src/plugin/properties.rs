@@ -6,11 +6,12 @@
 //! `destination.address` are the address alone; the ports are `source.port` /
 //! `destination.port` (integers, host byte order). Unknown paths, and values ATS does not have
 //! at this point of the transaction, are `None` (the guest gets `NOT_FOUND`).
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::backend::TxnStream;
+use super::stream::TxnStream;
 use crate::ts::headers::{HeaderMap, UrlParts};
 
 /// A typed property value, before encoding.

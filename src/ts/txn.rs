@@ -10,7 +10,7 @@ use super::sys;
 ///
 /// It is only valid between the transaction's start and the return of its `TXN_CLOSE` hook;
 /// holders must not keep it past that.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Txn(sys::TSHttpTxn);
 
 // SAFETY: a TSHttpTxn is an opaque handle. ATS runs each transaction's hooks one at a time, so

@@ -1,66 +1,25 @@
-//! The ABI backend over ATS transactions: header maps (with pseudo-headers), properties, local
-//! responses, the body buffer of a body callback, and logging.
+//! The ABI backend over ATS transactions — the plugin's lowest room: header maps (with
+//! pseudo-headers), properties, the body buffer of a body callback, and logging are answered
+//! at once; everything else a guest asks for during a callback (local responses, stream
+//! controls, HTTP calls, queue notices) goes into the VM's [`Outbox`], which the plugin's
+//! runner takes and applies after the callback returns.
+#![forbid(unsafe_code)]
 
-use std::cell::RefCell;
+pub mod call_request;
+pub mod outbox;
+
 use std::time::Duration;
 
 use super::properties;
+use super::stream::{Phase, StreamControl, TxnStream};
 use crate::abi::buffers::apply_edit;
 use crate::abi::types::HostResult;
 use crate::abi::{Backend, BufferType, LocalResponse, LogLevel, MapType, QueueTarget, Status, StreamType};
 use crate::ts::headers::HeaderMap;
+use crate::ts::hooks::EventThread;
 use crate::ts::log;
 use crate::ts::txn::Txn;
-
-/// Which hook a transaction is in, which decides the maps a guest can reach.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    /// `READ_REQUEST_HDR`: the client request is readable and writable.
-    Request,
-    /// `SEND_RESPONSE_HDR`: the response to the client is readable and writable too.
-    Response,
-    /// `SEND_RESPONSE_HDR` of a transaction whose response body goes through a transform, so
-    /// a local response can replace the body.
-    ResponseTransformed,
-    /// A request body callback (request transform): as `Request`, plus the request body.
-    RequestBody,
-    /// A response body callback (response transform): as `Response` (the headers were sent
-    /// already), plus the response body.
-    ResponseBody,
-    /// `TXN_CLOSE`: both readable (for `proxy_on_log`).
-    Close,
-}
-
-impl Phase {
-    /// Whether the response to the client exists in this phase.
-    pub fn has_response(self) -> bool {
-        !matches!(self, Phase::Request | Phase::RequestBody)
-    }
-}
-
-/// One transaction in one phase: the ABI's stream handle in ATS.
-#[derive(Clone, Copy, Debug)]
-pub struct TxnStream {
-    /// The transaction.
-    pub txn: Txn,
-    /// Its phase.
-    pub phase: Phase,
-}
-
-/// A local response a guest asked for, waiting for the plugin to apply it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingLocalResponse {
-    /// The transaction it answers.
-    pub txn: Txn,
-    /// Its status code.
-    pub status: u16,
-    /// Its body.
-    pub body: Vec<u8>,
-    /// Its `Content-Type` (default `text/plain`).
-    pub content_type: Vec<u8>,
-    /// Extra headers to put on the response (without `Content-Type`).
-    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
-}
+pub use outbox::{Outbox, OutgoingCall, PendingLocalResponse};
 
 /// The body chunk a body callback works on: everything the filter has buffered so far.
 #[derive(Debug, Default)]
@@ -72,12 +31,12 @@ pub struct BodyBuffer {
 }
 
 /// The ATS backend of one VM. Everything about a transaction lives in the transaction; the
-/// backend only holds local responses between the guest's call and the plugin applying them,
-/// the body buffer while a body callback runs, and what HTTP calls need: the filter's
+/// backend only holds the outbox of what the guest asked for until the plugin takes it, the
+/// body buffer while a body callback runs, and what HTTP calls need: the filter's
 /// `upstreams:` and the VM's id.
 #[derive(Default)]
 pub struct AtsBackend {
-    pending_local: Vec<PendingLocalResponse>,
+    outbox: Outbox,
     /// Set by the plugin around a body callback ([`AtsBackend::lend_body`]).
     body: BodyBuffer,
     upstreams: std::sync::Arc<[(String, crate::config::Upstream)]>,
@@ -113,47 +72,10 @@ impl AtsBackend {
         }
     }
 
-    /// Takes the local response a guest sent for `txn` during the last callback, if any.
-    pub fn take_local_response(&mut self, txn: Txn) -> Option<PendingLocalResponse> {
-        let i = self.pending_local.iter().position(|p| p.txn == txn)?;
-        Some(self.pending_local.swap_remove(i))
+    /// Takes what the guest asked for since the last time (see [`Outbox`]).
+    pub fn take_outbox(&mut self) -> Outbox {
+        std::mem::take(&mut self.outbox)
     }
-}
-
-/// What a guest asked for a paused transaction: go on, or end it with an error.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StreamControl {
-    /// `proxy_continue_stream`.
-    Continue,
-    /// `proxy_close_stream`.
-    Close,
-}
-
-thread_local! {
-    /// Stream controls guests issued on this thread, for the plugin to apply at a safe point
-    /// (never inside the guest call: resuming a transaction can run its next hook at once).
-    static STREAM_CONTROLS: RefCell<Vec<(Txn, StreamControl)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Takes the oldest pending stream control of this thread.
-pub fn next_stream_control() -> Option<(Txn, StreamControl)> {
-    STREAM_CONTROLS.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.is_empty() { None } else { Some(c.remove(0)) }
-    })
-}
-
-/// Takes the pending stream control for `txn`, if any.
-pub fn take_stream_control(txn: Txn) -> Option<StreamControl> {
-    STREAM_CONTROLS.with(|c| {
-        let mut c = c.borrow_mut();
-        let i = c.iter().position(|(t, _)| *t == txn)?;
-        Some(c.remove(i).1)
-    })
-}
-
-fn push_stream_control(txn: Txn, control: StreamControl) {
-    STREAM_CONTROLS.with(|c| c.borrow_mut().push((txn, control)));
 }
 
 const REQUEST_PSEUDO: [&[u8]; 4] = [b":method", b":path", b":authority", b":scheme"];
@@ -347,7 +269,7 @@ impl Backend for AtsBackend {
     fn continue_stream(&mut self, s: TxnStream, which: StreamType) -> HostResult {
         match which {
             StreamType::HttpRequest | StreamType::HttpResponse => {
-                push_stream_control(s.txn, StreamControl::Continue);
+                self.outbox.stream_controls.push((s.txn, StreamControl::Continue));
                 Ok(())
             }
             _ => Err(Status::Unimplemented),
@@ -357,7 +279,7 @@ impl Backend for AtsBackend {
     fn close_stream(&mut self, s: TxnStream, which: StreamType) -> HostResult {
         match which {
             StreamType::HttpRequest | StreamType::HttpResponse => {
-                push_stream_control(s.txn, StreamControl::Close);
+                self.outbox.stream_controls.push((s.txn, StreamControl::Close));
                 Ok(())
             }
             _ => Err(Status::Unimplemented),
@@ -365,7 +287,7 @@ impl Backend for AtsBackend {
     }
 
     fn queue_ready(&mut self, target: QueueTarget) {
-        super::notify_queue(target);
+        self.outbox.queue_notices.push(target);
     }
 
     fn set_tick_period(&mut self, _period: Option<Duration>) -> HostResult {
@@ -374,7 +296,21 @@ impl Backend for AtsBackend {
     }
 
     fn http_call(&mut self, s: Option<TxnStream>, req: &crate::abi::HttpCallRequest<'_>) -> HostResult {
-        super::http_call::dispatch(&self.upstreams, self.vm, s, req)
+        let target = call_request::resolve(&self.upstreams, req.upstream)?;
+        let (method, url, headers) = call_request::build_request(&target, req)?;
+        // Calls are sent from, and answered on, an event thread.
+        EventThread::current().ok_or(Status::InternalFailure)?;
+        self.outbox.calls.push(OutgoingCall {
+            vm: self.vm,
+            token: req.token,
+            txn: s.map(|s| s.txn),
+            method: method.to_vec(),
+            url,
+            headers: headers.into_iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
+            body: req.body.to_vec(),
+            timeout: (!req.timeout.is_zero()).then_some(req.timeout),
+        });
+        Ok(())
     }
 
     fn set_property(&mut self, s: Option<TxnStream>, path: &[&[u8]], value: &[u8]) -> HostResult {
@@ -445,11 +381,7 @@ impl Backend for AtsBackend {
                 headers.push((k.to_vec(), v.to_vec()));
             }
         }
-        if s.phase == Phase::Request {
-            s.txn.set_local_response(status, response.body, &String::from_utf8_lossy(&content_type));
-        }
-        self.pending_local.retain(|p| p.txn != s.txn);
-        self.pending_local.push(PendingLocalResponse {
+        self.outbox.local_response(PendingLocalResponse {
             txn: s.txn,
             status,
             body: response.body.to_vec(),

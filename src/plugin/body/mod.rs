@@ -28,37 +28,23 @@
 //!
 //! Caching: the untransformed response is cached and the transformed one is not, unless a
 //! filter of the chain sets `cache_transformed: true`.
+#![forbid(unsafe_code)]
 
-use super::backend::{PendingLocalResponse, Phase, TxnStream};
-use super::{FilterCtx, PLUGIN, Plugin, TxnState, no_body};
+mod dechunk;
+pub(super) mod state;
+
+use super::backend::PendingLocalResponse;
+use super::chain::no_body;
+use super::pause;
+use super::stream::{Phase, TxnStream};
+use super::{FilterCtx, PLUGIN, Plugin, TxnState};
 use crate::abi::{Action, BufferType, guest};
 use crate::config::Bodies;
 use crate::ts::hooks::HttpHook;
 use crate::ts::log;
 use crate::ts::transform::{self, Direction, Output, Transform, TransformEvent, TransformHandler, Upstream};
 use crate::ts::txn::{Resume, Txn};
-
-/// The body side of a transaction's state.
-#[derive(Default)]
-pub(crate) struct TxnBodies {
-    /// Transforms were considered (once per transaction).
-    installed: bool,
-    /// The response transform, if any.
-    response: Option<Transform>,
-    /// The response header callbacks are done: body callbacks may run.
-    response_headers_done: bool,
-    /// The response transform opened its output (ATS is sending the headers).
-    response_output_open: bool,
-    /// A local response from the response phase: its body replaces the response body.
-    local_body: Option<Vec<u8>>,
-}
-
-impl TxnBodies {
-    /// Whether a response transform can replace the response body.
-    pub(crate) fn has_response_transform(&self) -> bool {
-        self.response.is_some()
-    }
-}
+use dechunk::Dechunker;
 
 /// One filter's place in a body flow.
 struct Stage {
@@ -87,75 +73,6 @@ pub(crate) struct Flow {
     dechunk: Option<Dechunker>,
     /// The producer was told the input is complete.
     input_done: bool,
-}
-
-/// Where a [`Dechunker`] is in the chunked framing.
-#[derive(Debug, Default, PartialEq)]
-enum Chunking {
-    /// Reading a chunk-size line.
-    #[default]
-    Size,
-    /// Inside a chunk's data, with this many bytes left.
-    Data(u64),
-    /// After a chunk's data, before its CRLF ends.
-    DataEnd,
-    /// Reading trailer lines after the last chunk.
-    Trailer,
-    /// After the final empty line.
-    Done,
-}
-
-/// An incremental decoder of chunked transfer coding (RFC 9112, 7.1): chunk extensions and
-/// trailers are dropped.
-#[derive(Debug, Default)]
-pub(crate) struct Dechunker {
-    state: Chunking,
-    line: Vec<u8>,
-}
-
-impl Dechunker {
-    /// Decodes `input`, appending the data to `out`. `Err` on malformed framing.
-    pub(crate) fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), ()> {
-        while !input.is_empty() {
-            match self.state {
-                Chunking::Data(left) => {
-                    let n = (left as usize).min(input.len());
-                    out.extend_from_slice(&input[..n]);
-                    input = &input[n..];
-                    self.state = if left == n as u64 { Chunking::DataEnd } else { Chunking::Data(left - n as u64) };
-                }
-                Chunking::Done => return Ok(()),
-                _ => {
-                    let (byte, rest) = (input[0], &input[1..]);
-                    input = rest;
-                    if byte != b'\n' {
-                        if self.line.len() > 4096 {
-                            return Err(());
-                        }
-                        self.line.push(byte);
-                        continue;
-                    }
-                    let line = std::mem::take(&mut self.line);
-                    let line = line.strip_suffix(b"\r").unwrap_or(&line);
-                    self.state = match self.state {
-                        Chunking::Size => {
-                            let hex = line.split(|&b| b == b';').next().unwrap_or_default();
-                            let hex = std::str::from_utf8(hex).map_err(|_| ())?.trim();
-                            match u64::from_str_radix(hex, 16).map_err(|_| ())? {
-                                0 => Chunking::Trailer,
-                                n => Chunking::Data(n),
-                            }
-                        }
-                        Chunking::DataEnd if line.is_empty() => Chunking::Size,
-                        Chunking::DataEnd => return Err(()),
-                        Chunking::Trailer if line.is_empty() => Chunking::Done,
-                        _ => Chunking::Trailer,
-                    };
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 struct BodyTransform;
@@ -472,7 +389,15 @@ impl Plugin {
                     Direction::Response => guest::on_response_body(vm, ctx, len, eos),
                 };
                 let backend = &mut vm.store.data_mut().backend;
-                (action, backend.take_body(), backend.take_local_response(txn))
+                (action, backend.take_body(), backend.take_outbox())
+            });
+            let r = r.map(|(action, bytes, outbox)| {
+                let asked = self.settle(Some(txn), outbox);
+                if let Some(control) = asked.control {
+                    // Body callbacks do not pause: a control is applied at the next safe point.
+                    pause::defer(txn, control);
+                }
+                (action, bytes, asked.local)
             });
             match r {
                 Ok((Ok(action), bytes, local)) => {
@@ -533,25 +458,5 @@ impl Flow {
             dechunk: None,
             input_done: false,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Dechunker;
-
-    #[test]
-    fn dechunks_across_any_split() {
-        let encoded = b"5;ext=1\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nx-trailer: 1\r\n\r\n";
-        for split in 1..encoded.len() {
-            let mut d = Dechunker::default();
-            let mut out = Vec::new();
-            for part in encoded.chunks(split) {
-                d.feed(part, &mut out).unwrap();
-            }
-            assert_eq!(out, b"hello 0123456789", "split {split}");
-        }
-        assert!(Dechunker::default().feed(b"zz\r\n", &mut Vec::new()).is_err());
-        assert!(Dechunker::default().feed(b"1\r\nab\r\n", &mut Vec::new()).is_err());
     }
 }

@@ -1,0 +1,312 @@
+//! The filter chain runners: the request phase (`READ_REQUEST_HDR`, chain order), the response
+//! phase (`SEND_RESPONSE_HDR`, reverse order) and the end (`TXN_CLOSE`). Each guest callback
+//! is followed by [`Plugin::settle`] of its outbox; the runner then decides from the callback's
+//! action and what the guest asked for its own transaction (a local response, a stream
+//! control) how the transaction goes on.
+#![forbid(unsafe_code)]
+
+use ats_wasm_pool::PoolError;
+
+use super::backend::{self, PendingLocalResponse};
+use super::delivery;
+use super::diags::one_line;
+use super::live;
+use super::stream::{Phase, StreamControl, TxnStream};
+use super::{FilterCtx, Plugin, TxnState};
+use crate::abi::{Action, MapType, guest};
+use crate::ts::headers::{HeaderMap, WellKnownName};
+use crate::ts::hooks::HttpHook;
+use crate::ts::log;
+use crate::ts::txn::{Resume, Txn};
+
+/// Puts a guest's local-response headers on the response ATS built, replacing what ATS's
+/// error-page path adds (`Cache-Control: no-store`, `Content-Language`). A 204 or 304 carries
+/// no body, so it loses the `Content-Length` ATS leaves there.
+fn apply_local_response_headers(h: &HeaderMap, extra: &[(Vec<u8>, Vec<u8>)]) {
+    h.remove(b"cache-control");
+    h.remove(b"content-language");
+    if matches!(h.status(), 204 | 304) {
+        h.remove(b"content-length");
+    }
+    for (k, v) in extra {
+        h.add(k, v);
+    }
+}
+
+/// `end_of_stream` for a header block: true when no body follows (no `Transfer-Encoding`, and
+/// no `Content-Length` or only zero ones).
+pub(super) fn no_body(h: &HeaderMap) -> bool {
+    if h.for_each_well_known_value(WellKnownName::TransferEncoding, |_| {}) {
+        return false;
+    }
+    let mut zero = true;
+    let found = h.for_each_well_known_value(WellKnownName::ContentLength, |v| {
+        zero &= v.iter().all(|&b| b == b'0' || b == b' ');
+    });
+    !found || zero
+}
+
+impl Plugin {
+    /// A guest's local response in the request phase: ATS answers with it, without the
+    /// origin, once the transaction goes on (its extra headers are added when ATS sends it).
+    pub(super) fn answer_locally(txn: Txn, local: &PendingLocalResponse) {
+        txn.set_local_response(local.status, &local.body, &String::from_utf8_lossy(&local.content_type));
+    }
+
+    pub(super) fn request_headers(&self, txn: Txn) -> Resume {
+        if txn.is_internal() {
+            // Our own HTTP calls, and other plugins' internal requests: no filters.
+            Self::internal_request(txn, self.cont);
+            return Resume::Continue;
+        }
+        self.ensure_timers();
+        let mut state = TxnState { contexts: Vec::with_capacity(self.filters.len()), ..TxnState::empty() };
+        let resume = self.run_request_filters(txn, &mut state, 0);
+        self.finish_request_phase(txn, state, resume)
+    }
+
+    /// Stores the transaction's state and adds its later hooks (once), unless no filter has a
+    /// context in it.
+    pub(super) fn finish_request_phase(&self, txn: Txn, mut state: TxnState, resume: Resume) -> Resume {
+        if state.contexts.is_empty() && state.paused.is_none() {
+            self.refill();
+            return resume;
+        }
+        if !state.hooks_added {
+            state.hooks_added = true;
+            self.cont.add_to_txn(txn, HttpHook::SendResponseHdr);
+            self.cont.add_to_txn(txn, HttpHook::TxnClose);
+        }
+        if resume == Resume::Continue {
+            self.install_body_transforms(txn, &mut state);
+        }
+        if state.contexts.iter().any(|c| self.filters[c.filter].owns_vms()) {
+            delivery::own_vms_opened(txn);
+        }
+        self.slot.put(txn, state);
+        resume
+    }
+
+    /// Runs `proxy_on_request_headers` of the filters from `from` on, in chain order. Returns
+    /// `Parked` (with `state.paused` set) when a filter paused the request.
+    pub(super) fn run_request_filters(&self, txn: Txn, state: &mut TxnState, from: usize) -> Resume {
+        let (num_headers, eos) = match txn.client_request() {
+            Some(h) => (backend::visible_len(MapType::RequestHeaders, &h), no_body(&h)),
+            None => (0, true),
+        };
+        let stream = TxnStream { txn, phase: Phase::Request };
+        for (i, f) in self.filters.iter().enumerate().skip(from) {
+            let mut lease = match f.pool.lease() {
+                Ok(l) => {
+                    f.metrics.request();
+                    l
+                }
+                Err(e) => {
+                    if self.pool_failed(f, "getting a VM", &e) == Resume::Error {
+                        return Self::fail_closed_local(txn, &f.name);
+                    }
+                    continue;
+                }
+            };
+            let r = f.pool.with_leased(&mut lease, |vm| {
+                let result = guest::create_stream_context(vm, stream)
+                    .and_then(|ctx| Ok((ctx, guest::on_request_headers(vm, ctx, num_headers, eos)?)));
+                (result, vm.store.data_mut().backend.take_outbox())
+            });
+            let resume = match r {
+                Ok((result, outbox)) => {
+                    let asked = self.settle(Some(txn), outbox);
+                    if let Some(local) = &asked.local {
+                        // Also when the callback then failed: the guest had answered.
+                        Self::answer_locally(txn, local);
+                    }
+                    match (result, asked.local) {
+                        (Ok((ctx, _)), Some(local)) => {
+                            // A local response: ATS answers without the origin, and the later
+                            // filters' request callbacks do not run. Response callbacks still
+                            // see the response.
+                            state.contexts.push(FilterCtx { filter: i, lease, ctx });
+                            state.local_response_headers = Some(local.headers);
+                            return Resume::Continue;
+                        }
+                        (Ok((ctx, action)), None) => {
+                            state.contexts.push(FilterCtx { filter: i, lease, ctx });
+                            if action == Action::Pause {
+                                match asked.control {
+                                    // Continued within the same callback.
+                                    Some(StreamControl::Continue) => {}
+                                    Some(StreamControl::Close) => return Resume::Error,
+                                    None => {
+                                        state.paused = Some(Self::pause(txn, f, Phase::Request, i + 1));
+                                        return Resume::Parked;
+                                    }
+                                }
+                            }
+                            Resume::Continue
+                        }
+                        (Err(e), _) => self.guest_failed(f, lease, "proxy_on_request_headers", &e),
+                    }
+                }
+                Err(e) => {
+                    f.pool.release(lease);
+                    self.pool_failed(f, "reaching its VM", &e)
+                }
+            };
+            if resume == Resume::Error {
+                return Self::fail_closed_local(txn, &f.name);
+            }
+        }
+        Resume::Continue
+    }
+
+    pub(super) fn response_headers(&self, txn: Txn) -> Resume {
+        if txn.is_internal() {
+            // Only our HTTP calls' transactions get this hook while internal.
+            Self::call_response_leaving(txn);
+            return Resume::Continue;
+        }
+        // In place: the hook returns before the transaction is re-enabled.
+        self.slot
+            .with(txn, |state| {
+                if let Some(extra) = state.local_response_headers.take()
+                    && let Some(h) = txn.client_response()
+                {
+                    apply_local_response_headers(&h, &extra);
+                }
+                let n = state.contexts.len();
+                let resume = self.run_response_filters(txn, state, n);
+                if resume == Resume::Continue {
+                    // Schedules (never runs) the response body transform.
+                    Self::response_headers_done(state);
+                }
+                resume
+            })
+            .unwrap_or(Resume::Continue)
+    }
+
+    /// Runs `proxy_on_response_headers` of the contexts below index `from`, in reverse chain
+    /// order. Returns `Parked` (with `state.paused` set) when a filter paused the response.
+    pub(super) fn run_response_filters(&self, txn: Txn, state: &mut TxnState, from: usize) -> Resume {
+        let (num_headers, eos) = match txn.client_response() {
+            Some(h) => {
+                (backend::visible_len(MapType::ResponseHeaders, &h), no_body(&h) || matches!(h.status(), 204 | 304))
+            }
+            None => (0, true),
+        };
+        let phase = if state.bodies.has_response_transform() { Phase::ResponseTransformed } else { Phase::Response };
+        let stream = TxnStream { txn, phase };
+        let mut i = from.min(state.contexts.len());
+        while i > 0 {
+            i -= 1;
+            let fc = &mut state.contexts[i];
+            let f = &self.filters[fc.filter];
+            let ctx = fc.ctx;
+            let r = f.pool.with_leased(&mut fc.lease, |vm| {
+                guest::attach_stream(vm, ctx, stream);
+                let action = guest::on_response_headers(vm, ctx, num_headers, eos);
+                (action, vm.store.data_mut().backend.take_outbox())
+            });
+            let resume = match r {
+                Ok((action, outbox)) => {
+                    let asked = self.settle(Some(txn), outbox);
+                    match (action, asked.local) {
+                        (Ok(_), Some(local)) => {
+                            // A local response (only accepted with a response transform): the
+                            // later response filters do not run.
+                            Self::apply_response_local(txn, state, local);
+                            return Resume::Continue;
+                        }
+                        (Ok(Action::Pause), None) => match asked.control {
+                            Some(StreamControl::Continue) => Resume::Continue,
+                            Some(StreamControl::Close) => Resume::Error,
+                            None => {
+                                state.paused = Some(Self::pause(txn, f, Phase::Response, i));
+                                return Resume::Parked;
+                            }
+                        },
+                        (Ok(Action::Continue), None) => Resume::Continue,
+                        (Err(e), _) => {
+                            let fc = state.contexts.remove(i);
+                            self.guest_failed(f, fc.lease, "proxy_on_response_headers", &e)
+                        }
+                    }
+                }
+                Err(e) => {
+                    // E.g. the shared VM was poisoned by another transaction meanwhile.
+                    let fc = state.contexts.remove(i);
+                    f.pool.release(fc.lease);
+                    self.pool_failed(f, "reaching its VM for the response", &e)
+                }
+            };
+            if resume == Resume::Error {
+                return resume;
+            }
+        }
+        Resume::Continue
+    }
+
+    pub(super) fn close(&self, txn: Txn) {
+        delivery::own_vms_closed(txn);
+        // Calls still in flight: their responses will be dropped.
+        let calls = Self::forget_calls(txn);
+        let Some(state) = self.slot.take(txn) else {
+            live::forget(txn);
+            return;
+        };
+        let stream = TxnStream { txn, phase: Phase::Close };
+        for mut fc in state.contexts {
+            let f = &self.filters[fc.filter];
+            let ctx = fc.ctx;
+            let r = f.pool.with_leased(&mut fc.lease, |vm| {
+                let st = vm.store.data_mut();
+                let uid = st.vm_uid();
+                for (_, token) in calls.iter().filter(|(vm, _)| *vm == uid) {
+                    st.cancel_http_call(*token);
+                }
+                guest::attach_stream(vm, ctx, stream);
+                let result = guest::finish_stream_context(vm, ctx);
+                let mut outbox = vm.store.data_mut().backend.take_outbox();
+                // The transaction is ending: no answer to a call it makes now could reach it.
+                let before = outbox.calls.len();
+                outbox.calls.retain(|c| c.txn != Some(txn));
+                if outbox.calls.len() != before {
+                    log::debug(
+                        format!("[{}] HTTP calls made while the transaction closes are dropped", f.name).as_bytes(),
+                    );
+                }
+                (result, outbox)
+            });
+            match r {
+                Ok((result, outbox)) => {
+                    self.settle(Some(txn), outbox);
+                    match result {
+                        Ok(()) => f.pool.release(fc.lease),
+                        Err(e) => {
+                            self.guest_failed(f, fc.lease, "ending the stream context", &e);
+                        }
+                    }
+                }
+                Err(e) => {
+                    f.pool.release(fc.lease);
+                    log::debug(format!("[{}] context lost before close: {e}", f.name).as_bytes());
+                }
+            }
+        }
+        live::forget(txn);
+        self.refill();
+    }
+
+    /// Tops this thread's pools back up to their size (fresh VMs for `transaction` isolation,
+    /// replacements for poisoned `shared` VMs). Runs after a transaction's response, so the
+    /// cost is off every request path.
+    pub(super) fn refill(&self) {
+        for f in &self.filters {
+            let r = f.pool.refill(f.pool_size);
+            if let Some(e @ PoolError::Init(_)) = &r.error {
+                log::error(
+                    format!("ats_wasm: filter \"{}\": creating a VM failed: {}", f.name, one_line(e)).as_bytes(),
+                );
+            }
+        }
+    }
+}
