@@ -8,8 +8,8 @@ use ats_wasm_pool::{
 };
 
 use super::backend::AtsBackend;
-use super::metrics::{Exporter, FilterMetrics};
 use super::one_line;
+use super::telemetry::{Exporter, FilterMetrics};
 use crate::abi::{HostState, PluginInfo, guest, linker_for, validate_module};
 use crate::config::{Bodies, FilterConfig, Isolation, PluginArgs};
 use crate::ts::log;

@@ -14,8 +14,8 @@ pub mod backend;
 mod body;
 mod filter;
 mod http_call;
-pub mod metrics;
 pub mod properties;
+pub mod telemetry;
 
 use std::cell::{Cell, RefCell};
 use std::sync::{Mutex, OnceLock};
@@ -33,7 +33,7 @@ use crate::ts::log;
 use crate::ts::txn::{Resume, Txn, TxnSlot};
 use backend::{AtsBackend, Phase, StreamControl, TxnStream, next_stream_control, take_stream_control};
 use filter::Filter;
-use metrics::FailureReason;
+use telemetry::FailureReason;
 
 /// Everything the hooks need, set once by [`init`].
 struct Plugin {
@@ -260,7 +260,7 @@ pub fn init(args: &[String]) {
             return;
         }
     };
-    let endpoint = metrics::prepare(args.metrics_listen);
+    let endpoint = telemetry::prepare(args.metrics_listen);
     // Compiles each distinct module once per process (and, with --module-cache, once per
     // machine and wasmtime version).
     let compiler = ModuleCompiler::new(engine.engine(), args.module_cache.clone());
@@ -290,15 +290,15 @@ pub fn init(args: &[String]) {
         return;
     }
     cont.add_global(HttpHook::ReadRequestHdr);
-    metrics::start(endpoint, filter_snapshots);
+    telemetry::start(endpoint, filter_snapshots);
 }
 
 /// Every filter's name, pool counters and metrics (for the metrics threads).
-fn filter_snapshots() -> Vec<metrics::FilterSnapshot> {
+fn filter_snapshots() -> Vec<telemetry::FilterSnapshot> {
     let filters = PLUGIN.get().map(|p| &p.filters[..]).unwrap_or_default();
     filters
         .iter()
-        .map(|f| metrics::FilterSnapshot { name: f.name.clone(), pool: f.pool.stats(), metrics: f.metrics.clone() })
+        .map(|f| telemetry::FilterSnapshot { name: f.name.clone(), pool: f.pool.stats(), metrics: f.metrics.clone() })
         .collect()
 }
 
