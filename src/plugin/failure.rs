@@ -9,7 +9,7 @@ use super::Plugin;
 use super::backend::AtsBackend;
 use super::diags::one_line;
 use super::filter::Filter;
-use super::metrics::FailureReason;
+use super::telemetry::FailureReason;
 use crate::abi::{HostState, guest};
 use crate::ts::log;
 use crate::ts::txn::{Resume, Txn};

@@ -10,7 +10,7 @@ use ats_wasm_pool::{
 
 use super::backend::AtsBackend;
 use super::diags::one_line;
-use super::metrics::{Exporter, FilterMetrics};
+use super::telemetry::{Exporter, FilterMetrics};
 use crate::abi::{HostState, PluginInfo, guest, linker_for, validate_module};
 use crate::config::{Bodies, FilterConfig, Isolation, PluginArgs};
 use crate::ts::log;

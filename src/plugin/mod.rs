@@ -15,7 +15,7 @@
 //!   outlive a hook; [`diags`]: diags.log line helpers;
 //! - [`properties`], [`backend`]: the ABI backend over ATS — answers what it can at once and
 //!   puts everything else a guest asks for into the VM's outbox ([`backend::Outbox`]);
-//! - [`metrics`]: counters, callback timing and the Prometheus endpoint; `filter`: one loaded
+//! - [`telemetry`]: counters, callback timing and the Prometheus endpoint; `filter`: one loaded
 //!   filter (module, pools, settings);
 //! - this file: [`Plugin`], the per-transaction state and the hook entry;
 //! - `failure`: the failure policy; `delivery`: per-thread work (ticks, shared-queue
@@ -34,11 +34,11 @@ mod failure;
 mod filter;
 mod http_call;
 pub mod live;
-pub mod metrics;
 mod pause;
 pub mod properties;
 pub mod startup;
 pub mod stream;
+pub mod telemetry;
 
 use std::sync::OnceLock;
 

@@ -14,8 +14,8 @@ use std::cell::RefCell;
 
 use super::filter::Filter;
 use super::live::TxnId;
-use super::metrics::FailureReason;
 use super::stream::{Phase, StreamControl};
+use super::telemetry::FailureReason;
 use super::{PLUGIN, Paused, Plugin, TxnState};
 use crate::ts::hooks::{TxnTimer, TxnTimerHandler};
 use crate::ts::log;

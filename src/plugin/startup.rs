@@ -8,7 +8,8 @@ use ats_wasm_pool::{EngineOptions, ModuleCompiler, WasmEngine};
 
 use super::diags::one_line;
 use super::filter::Filter;
-use super::{Hooks, PLUGIN, Plugin, metrics};
+use super::telemetry;
+use super::{Hooks, PLUGIN, Plugin};
 use crate::config;
 use crate::ts::hooks::{HttpHook, TxnCont};
 use crate::ts::log;
@@ -76,7 +77,7 @@ pub fn init(args: &[String]) {
             return;
         }
     };
-    let endpoint = metrics::prepare(args.metrics_listen);
+    let endpoint = telemetry::prepare(args.metrics_listen);
     // Compiles each distinct module once per process (and, with --module-cache, once per
     // machine and wasmtime version).
     let compiler = ModuleCompiler::new(engine.engine(), args.module_cache.clone());
@@ -106,15 +107,15 @@ pub fn init(args: &[String]) {
         return;
     }
     cont.add_global(HttpHook::ReadRequestHdr);
-    metrics::start(endpoint, filter_snapshots);
+    telemetry::start(endpoint, filter_snapshots);
 }
 
 /// Every filter's name, pool counters and metrics (for the metrics threads).
-fn filter_snapshots() -> Vec<metrics::FilterSnapshot> {
+fn filter_snapshots() -> Vec<telemetry::FilterSnapshot> {
     let filters = PLUGIN.get().map(|p| &p.filters[..]).unwrap_or_default();
     filters
         .iter()
-        .map(|f| metrics::FilterSnapshot { name: f.name.clone(), pool: f.pool.stats(), metrics: f.metrics.clone() })
+        .map(|f| telemetry::FilterSnapshot { name: f.name.clone(), pool: f.pool.stats(), metrics: f.metrics.clone() })
         .collect()
 }
 

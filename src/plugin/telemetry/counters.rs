@@ -1,0 +1,258 @@
+//! What each filter records besides callback durations: failures and failure-policy outcomes
+//! as Prometheus counters (`metrics` crate handles in a [`PrometheusRecorder`], registered once
+//! per filter) and as ATS stats (`proxy.plugin.ats_wasm.<filter>.*`), and its pool's totals
+//! copied into ATS stats. [`FilterMetrics`] bundles them with the filter's [`HookTimer`].
+//!
+//! Everything is registered in `TSPluginInit`, so a transaction only increments handles that
+//! already exist (no lookup by name, no registration on the request path).
+
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use metrics::{Counter, Key, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use super::timing::HookTimer;
+use crate::abi::{CallbackObserver, Observer};
+use crate::ts::log;
+use crate::ts::stats::Stat;
+
+/// Guest callbacks that failed, by `reason` (`trap`, `deadline`, `memory_cap`).
+pub const CALLBACK_FAILURES: &str = "ats_wasm_callback_failures_total";
+
+/// Transactions a failure-policy decision applied to, by `outcome` (`fail_open`,
+/// `fail_closed`).
+pub const FAILURE_OUTCOMES: &str = "ats_wasm_failure_outcomes_total";
+
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+/// Why a guest callback failed (see `failure_kind` in the plugin).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureReason {
+    /// A trap (out-of-bounds access, `unreachable`, `proc_exit`…).
+    Trap,
+    /// The callback ran past its deadline.
+    Deadline,
+    /// The VM's memory reached `--max-memory`.
+    MemoryCap,
+    /// A filter kept a transaction paused past `--pause-timeout-ms`.
+    PauseTimeout,
+}
+
+impl FailureReason {
+    const ALL: [FailureReason; 4] =
+        [FailureReason::Trap, FailureReason::Deadline, FailureReason::MemoryCap, FailureReason::PauseTimeout];
+
+    fn label(self) -> &'static str {
+        match self {
+            FailureReason::Trap => "trap",
+            FailureReason::Deadline => "deadline",
+            FailureReason::MemoryCap => "memory_cap",
+            FailureReason::PauseTimeout => "pause_timeout",
+        }
+    }
+
+    fn ats_stat(self) -> &'static str {
+        match self {
+            FailureReason::Trap => "traps",
+            FailureReason::Deadline => "deadline_hits",
+            FailureReason::MemoryCap => "memory_cap_hits",
+            FailureReason::PauseTimeout => "pause_timeouts",
+        }
+    }
+}
+
+/// The Prometheus side, when the endpoint is on.
+pub struct Exporter {
+    recorder: Arc<PrometheusRecorder>,
+    pub(super) handle: PrometheusHandle,
+    clock: quanta::Clock,
+}
+
+impl Exporter {
+    /// The recorder of the counters, and the callback clock (calibrated here, once).
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        Exporter { recorder: Arc::new(recorder), handle, clock: quanta::Clock::new() }
+    }
+
+    /// Gives the counters their `# HELP` texts.
+    pub(super) fn describe(&self) {
+        self.recorder.describe_counter(
+            CALLBACK_FAILURES.into(),
+            None,
+            "Guest callbacks that failed, by filter and reason (trap, deadline, memory_cap).".into(),
+        );
+        self.recorder.describe_counter(
+            FAILURE_OUTCOMES.into(),
+            None,
+            "Failure-policy decisions, by filter and outcome (fail_open, fail_closed).".into(),
+        );
+    }
+
+    fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
+        self.recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
+    }
+}
+
+impl Default for Exporter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One filter's counters: Prometheus handles (when the endpoint is on) and ATS stats.
+pub struct FilterMetrics {
+    pub(super) timer: Option<Arc<HookTimer>>,
+    observer: Observer,
+    failures: Option<[Counter; FailureReason::ALL.len()]>,
+    outcomes: Option<[Counter; 2]>,
+    ats: AtsStats,
+}
+
+/// A filter's ATS stats (`proxy.plugin.ats_wasm.<filter>.<stat>`); each is `None` when ATS
+/// refused to create it.
+struct AtsStats {
+    requests: Option<Stat>,
+    failures: [Option<Stat>; FailureReason::ALL.len()],
+    fail_open: Option<Stat>,
+    fail_closed: Option<Stat>,
+    pool_misses: Option<Stat>,
+    pool_instantiations: Option<Stat>,
+    pool_poisonings: Option<Stat>,
+}
+
+/// The ATS stat name of `stat` of filter `filter` (characters other than ASCII letters,
+/// digits, `_` and `-` in the filter name become `_`).
+pub fn ats_stat_name(filter: &str, stat: &str) -> String {
+    let f: String =
+        filter.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
+    format!("proxy.plugin.ats_wasm.{f}.{stat}")
+}
+
+impl FilterMetrics {
+    /// Creates filter `name`'s ATS stats and, with an exporter, its Prometheus handles. Runs in
+    /// `TSPluginInit`.
+    pub fn new(name: &str, exporter: Option<&Exporter>) -> Arc<Self> {
+        let stat = |s: &str| {
+            let n = ats_stat_name(name, s);
+            let st = Stat::create(&n);
+            if st.is_none() {
+                log::warning(format!("ats_wasm: cannot create the ATS stat {n}").as_bytes());
+            }
+            st
+        };
+        let ats = AtsStats {
+            requests: stat("requests"),
+            failures: FailureReason::ALL.map(|r| stat(r.ats_stat())),
+            fail_open: stat("fail_open"),
+            fail_closed: stat("fail_closed"),
+            pool_misses: stat("pool_misses"),
+            pool_instantiations: stat("pool_instantiations"),
+            pool_poisonings: stat("pool_poisonings"),
+        };
+        let filter = || Label::new("filter", name.to_string());
+        let failures = exporter.map(|e| {
+            FailureReason::ALL.map(|r| e.counter(CALLBACK_FAILURES, vec![filter(), Label::new("reason", r.label())]))
+        });
+        let outcomes = exporter.map(|e| {
+            ["fail_open", "fail_closed"].map(|o| e.counter(FAILURE_OUTCOMES, vec![filter(), Label::new("outcome", o)]))
+        });
+        let timer = exporter.map(|e| Arc::new(HookTimer::new(e.clock.clone())));
+        let observer = Observer(timer.clone().map(|t| t as Arc<dyn CallbackObserver>));
+        Arc::new(FilterMetrics { timer, observer, failures, outcomes, ats })
+    }
+
+    /// Without ATS stats (unit tests: they cannot call ATS).
+    #[cfg(test)]
+    pub(super) fn new_untracked(e: &Exporter) -> Arc<Self> {
+        let timer = Some(Arc::new(HookTimer::new(e.clock.clone())));
+        Arc::new(FilterMetrics {
+            observer: Observer(timer.clone().map(|t| t as Arc<dyn CallbackObserver>)),
+            timer,
+            failures: None,
+            outcomes: None,
+            ats: AtsStats {
+                requests: None,
+                failures: [None; FailureReason::ALL.len()],
+                fail_open: None,
+                fail_closed: None,
+                pool_misses: None,
+                pool_instantiations: None,
+                pool_poisonings: None,
+            },
+        })
+    }
+
+    /// The observer to put in the filter's `PluginInfo` (empty when the endpoint is off).
+    pub fn observer(&self) -> Observer {
+        self.observer.clone()
+    }
+
+    /// A transaction reached the filter (its request callback is about to run). ATS threads
+    /// only.
+    pub fn request(&self) {
+        if let Some(s) = self.ats.requests {
+            s.increment(1);
+        }
+    }
+
+    /// A guest callback failed for `reason`. ATS threads only.
+    pub fn callback_failed(&self, reason: FailureReason) {
+        let i = FailureReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        if let Some(c) = &self.failures {
+            c[i].increment(1);
+        }
+        if let Some(s) = self.ats.failures[i] {
+            s.increment(1);
+        }
+    }
+
+    /// The failure policy decided a transaction's fate: continue without the filter
+    /// (`fail_open`) or fail it. ATS threads only.
+    pub fn outcome(&self, fail_open: bool) {
+        if let Some(c) = &self.outcomes {
+            c[usize::from(!fail_open)].increment(1);
+        }
+        if let Some(s) = if fail_open { self.ats.fail_open } else { self.ats.fail_closed } {
+            s.increment(1);
+        }
+    }
+
+    /// Copies the pool's totals into the ATS stats (any thread).
+    pub(super) fn refresh_ats(&self, pool: &ats_wasm_pool::PoolStats) {
+        let t = pool.total();
+        for (stat, v) in [
+            (self.ats.pool_misses, t.misses),
+            (self.ats.pool_instantiations, t.instantiations),
+            (self.ats.pool_poisonings, t.poisonings),
+        ] {
+            if let Some(s) = stat {
+                s.set(v.min(i64::MAX as u64) as i64);
+            }
+        }
+    }
+}
+
+/// What the scrape renders about each filter: its name, its pool's counters, its metrics.
+pub struct FilterSnapshot {
+    /// The filter's name.
+    pub name: String,
+    /// Its pool's counters.
+    pub pool: ats_wasm_pool::PoolStats,
+    /// Its counters and callback histograms.
+    pub metrics: Arc<FilterMetrics>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ats_stat_names_keep_safe_characters() {
+        assert_eq!(ats_stat_name("add-headers", "requests"), "proxy.plugin.ats_wasm.add-headers.requests");
+        assert_eq!(ats_stat_name("my filter.v2", "traps"), "proxy.plugin.ats_wasm.my_filter_v2.traps");
+    }
+}
