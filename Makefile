@@ -12,7 +12,7 @@ APT_PACKAGES := trafficserver trafficserver-dev libclang-dev rustc-web cargo-web
 	rust-web-src rust-web-llvm lld-22 wasi-libc clang-22 libclang-rt-22-dev-wasm32 \
 	libc++-22-dev-wasm32 curl openssl python3 make prometheus
 
-.PHONY: all deps build plugin examples test lint demo clean bench
+.PHONY: all deps build plugin examples test lint demo clean bench bench-instructions native-plugin
 
 all: build
 
@@ -50,9 +50,18 @@ demo: deps build
 
 # Load benchmark (benches/README.md): ATS without a plugin, with a native plugin and with
 # ats-wasm + add-headers; writes benches/results/latest.{md,png}. DURATION=5 ROUNDS=3 by default.
-bench: deps build
-	$(CARGO) build --release --locked --manifest-path benches/native-plugin/Cargo.toml --target-dir target/native-plugin
+bench: deps build native-plugin
 	benches/load.sh
+
+# Instructions per cached request inside ATS by callgrind (benches/README.md), the same
+# configurations; writes benches/results/instructions.md. Another build's plugin without
+# rebuilding: PLUGIN=/path/to/libats_wasm.so benches/instructions.sh
+bench-instructions: deps build native-plugin
+	benches/instructions.sh
+
+# The native plugin the benchmarks compare against (benches/native-plugin).
+native-plugin:
+	$(CARGO) build --release --locked --manifest-path benches/native-plugin/Cargo.toml --target-dir target/native-plugin
 
 clean:
 	$(CARGO) clean

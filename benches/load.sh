@@ -30,6 +30,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=examples/runroot.sh
 . "$root/examples/runroot.sh"
+# shellcheck source=benches/common.sh
+. "$root/benches/common.sh"
+bench_name=load.sh
 results="$root/benches/results"
 raw="$results/raw"
 plugin="$root/target/release/libats_wasm.so"
@@ -75,8 +78,6 @@ done
 [[ " $CONFIGS " == *" none "* ]] || die "CONFIGS must include 'none' (the baseline of the ratios)"
 
 # Debian packages the benchmark needs, installed like the Makefile does (sudo when not root).
-sudo_cmd=()
-[ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
 missing=()
 command -v wrk >/dev/null || missing+=(wrk)
 [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
@@ -86,83 +87,13 @@ command -v taskset >/dev/null || missing+=(util-linux)
 py=/usr/bin/python3
 [ -x "$py" ] || py=$(command -v python3) || die "python3 is needed"
 "$py" -c 'import matplotlib' 2>/dev/null || missing+=(python3-matplotlib)
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing Debian packages: ${missing[*]}"
-  "${sudo_cmd[@]}" apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null ||
-    echo "load.sh: warning: could not install ${missing[*]}" >&2
-fi
+bench_apt_install "${missing[@]}"
 command -v wrk >/dev/null || die "wrk is not installed"
 [ -x /usr/sbin/nginx ] || die "nginx is not installed (Debian package nginx-light)"
 
-tmp=$(mktemp -d /tmp/ats-wasm-bench.XXXXXX)
-chmod 755 "$tmp" # nginx's workers run as nobody when started by root
-pids=()          # every process group we start: nginx, traffic_server, wrk
-cleanup() {
-  local p
-  exec 2>/dev/null # no "Killed" job notices from bash
-  for p in "${pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [ "${KEEP_TMP:-0}" = 1 ]; then echo "kept $tmp"; else rm -rf "$tmp"; fi
-}
-trap cleanup EXIT
-trap 'echo; echo "load.sh: interrupted" >&2; exit 130' INT TERM
-forget() { local keep=() p; for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done; pids=("${keep[@]}"); }
-# stop PID: SIGTERM to its process group, SIGKILL after 10 s.
-stop() {
-  local p=$1 i
-  kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true
-  for i in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL -- "-$p" 2>/dev/null || true
-  wait "$p" 2>/dev/null || true
-  forget "$p"
-}
-free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# ---------------------------------------------------------------------------------------------
+bench_tmp ats-wasm-bench
 # The origin: nginx (non-daemon child) serving one object of OBJECT_BYTES, cacheable and not.
-origin_port=$(free_port)
-ng="$tmp/nginx"
-mkdir -p "$ng/www" "$ng/tmp"
-head -c "$OBJECT_BYTES" /dev/zero | tr '\0' 'x' >"$ng/www/object"
-cat >"$ng/nginx.conf" <<NGINX
-daemon off;
-master_process on;
-worker_processes 1;
-pid $ng/nginx.pid;
-error_log $ng/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_timeout 120s;
-  keepalive_requests 1000000;
-  client_body_temp_path $ng/tmp/body;
-  proxy_temp_path $ng/tmp/proxy;
-  fastcgi_temp_path $ng/tmp/fastcgi;
-  uwsgi_temp_path $ng/tmp/uwsgi;
-  scgi_temp_path $ng/tmp/scgi;
-  default_type application/octet-stream;
-  server {
-    listen 127.0.0.1:$origin_port;
-    location = /cached   { alias $ng/www/object; add_header Cache-Control "max-age=3600"; }
-    location = /uncached { alias $ng/www/object; add_header Cache-Control "no-store"; }
-    # What the origin saw: the x-added-by request header (used only to verify, never measured).
-    location = /verify   { add_header Cache-Control "no-store"; return 200 "x-added-by=\$http_x_added_by\n"; }
-    # How many requests the origin has served (cache hits must not reach it).
-    location = /status   { stub_status; }
-  }
-}
-NGINX
-setsid "${nginx_pin[@]}" /usr/sbin/nginx -p "$ng" -e "$ng/error.log" -c "$ng/nginx.conf" </dev/null >"$ng/console.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$origin_port/cached" && break; sleep 0.05; done
-curl -fs -o /dev/null "http://127.0.0.1:$origin_port/cached" || { cat "$ng/console.log" "$ng/error.log" >&2 || true; die "nginx did not start"; }
-size=$(curl -fs "http://127.0.0.1:$origin_port/uncached" | wc -c)
-[ "$size" = "$OBJECT_BYTES" ] || die "origin object is $size bytes, expected $OBJECT_BYTES"
-
-# ---------------------------------------------------------------------------------------------
-# origin_requests: requests nginx has served so far (including this one).
-origin_requests() { curl -fsS "http://127.0.0.1:$origin_port/status" | awk 'NR == 3 {print $3}'; }
+start_origin
 
 # ---------------------------------------------------------------------------------------------
 # ATS instances: one private runroot each.
@@ -285,7 +216,7 @@ read -r -a configs <<<"$CONFIGS"
 read -r -a threads_list <<<"$NET_THREADS"
 n=${#configs[@]}
 runs_per_round=$((n * ${#threads_list[@]}))
-log "ATS $(traffic_server --version 2>&1 | awk '/^Traffic Server/ {print $3; exit}'), $ncpu CPUs; ATS on cpu '${ATS_CPUS:-any}', wrk on '${WRK_CPUS:-any}', nginx on '${NGINX_CPUS:-any}'"
+log "ATS $(ats_version), $ncpu CPUs; ATS on cpu '${ATS_CPUS:-any}', wrk on '${WRK_CPUS:-any}', nginx on '${NGINX_CPUS:-any}'"
 log "$ROUNDS rounds x $runs_per_round instances x (${WARMUP}s warm-up + 2 x ${DURATION}s); origin nginx on 127.0.0.1:$origin_port"
 start=$(date +%s)
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -331,7 +262,7 @@ git -C "$root" diff --quiet HEAD -- src pool Cargo.toml Cargo.lock examples 2>/d
   --meta "nproc=$ncpu" \
   --meta "cpu=${cpu_model:-unknown}" \
   --meta "kernel=$(uname -srm)" \
-  --meta "ats=$(traffic_server --version 2>&1 | awk '/^Traffic Server/ {print $3; exit}')" \
+  --meta "ats=$(ats_version)" \
   --meta "commit=$commit" \
   --meta "wrk=wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s --latency, ${WARMUP}s warm-up per instance" \
   --meta "rounds=$ROUNDS" \
