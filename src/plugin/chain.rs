@@ -267,12 +267,14 @@ impl Plugin {
                 let result = guest::finish_stream_context(vm, ctx);
                 let mut outbox = vm.store.data_mut().backend.take_outbox();
                 // The transaction is ending: no answer to a call it makes now could reach it.
-                let before = outbox.calls.len();
-                outbox.calls.retain(|c| c.txn != Some(txn));
-                if outbox.calls.len() != before {
-                    log::debug(
-                        format!("[{}] HTTP calls made while the transaction closes are dropped", f.name).as_bytes(),
-                    );
+                if let Some(o) = outbox.as_mut() {
+                    let before = o.calls.len();
+                    o.calls.retain(|c| c.txn != Some(txn));
+                    if o.calls.len() != before {
+                        log::debug(
+                            format!("[{}] HTTP calls made while the transaction closes are dropped", f.name).as_bytes(),
+                        );
+                    }
                 }
                 (result, outbox)
             });

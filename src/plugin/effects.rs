@@ -24,12 +24,12 @@ impl Plugin {
     /// Applies `outbox`, taken after a callback that ran for `txn` (`None`: for no transaction,
     /// e.g. a tick): see the module doc. Local responses for any other transaction cannot be
     /// applied there (it is not at a point where ATS can answer it) and are dropped.
-    pub(super) fn settle(&self, txn: Option<Txn>, outbox: Outbox) -> Asked {
+    pub(super) fn settle(&self, txn: Option<Txn>, outbox: Option<Box<Outbox>>) -> Asked {
         let mut asked = Asked::default();
-        if outbox.is_empty() {
+        let Some(outbox) = outbox else {
             return asked;
-        }
-        let Outbox { local_responses, stream_controls, calls, queue_notices } = outbox;
+        };
+        let Outbox { local_responses, stream_controls, calls, queue_notices } = *outbox;
         for local in local_responses {
             if Some(local.txn) == txn {
                 asked.local = Some(local);

@@ -36,7 +36,9 @@ pub struct BodyBuffer {
 /// `upstreams:` and the VM's id.
 #[derive(Default)]
 pub struct AtsBackend {
-    outbox: Outbox,
+    /// Allocated when a guest first asks for something; most callbacks ask for nothing, and
+    /// then taking it after the callback is a null check.
+    outbox: Option<Box<Outbox>>,
     /// Set by the plugin around a body callback ([`AtsBackend::lend_body`]).
     body: BodyBuffer,
     upstreams: std::sync::Arc<[(String, crate::config::Upstream)]>,
@@ -72,9 +74,14 @@ impl AtsBackend {
         }
     }
 
-    /// Takes what the guest asked for since the last time (see [`Outbox`]).
-    pub fn take_outbox(&mut self) -> Outbox {
-        std::mem::take(&mut self.outbox)
+    /// Takes what the guest asked for since the last time (see [`Outbox`]); `None` when it
+    /// asked for nothing.
+    pub fn take_outbox(&mut self) -> Option<Box<Outbox>> {
+        self.outbox.take()
+    }
+
+    fn asked(&mut self) -> &mut Outbox {
+        self.outbox.get_or_insert_with(Box::default)
     }
 }
 
@@ -269,7 +276,7 @@ impl Backend for AtsBackend {
     fn continue_stream(&mut self, s: TxnStream, which: StreamType) -> HostResult {
         match which {
             StreamType::HttpRequest | StreamType::HttpResponse => {
-                self.outbox.stream_controls.push((s.txn, StreamControl::Continue));
+                self.asked().stream_controls.push((s.txn, StreamControl::Continue));
                 Ok(())
             }
             _ => Err(Status::Unimplemented),
@@ -279,7 +286,7 @@ impl Backend for AtsBackend {
     fn close_stream(&mut self, s: TxnStream, which: StreamType) -> HostResult {
         match which {
             StreamType::HttpRequest | StreamType::HttpResponse => {
-                self.outbox.stream_controls.push((s.txn, StreamControl::Close));
+                self.asked().stream_controls.push((s.txn, StreamControl::Close));
                 Ok(())
             }
             _ => Err(Status::Unimplemented),
@@ -287,7 +294,7 @@ impl Backend for AtsBackend {
     }
 
     fn queue_ready(&mut self, target: QueueTarget) {
-        self.outbox.queue_notices.push(target);
+        self.asked().queue_notices.push(target);
     }
 
     fn set_tick_period(&mut self, _period: Option<Duration>) -> HostResult {
@@ -300,8 +307,9 @@ impl Backend for AtsBackend {
         let (method, url, headers) = call_request::build_request(&target, req)?;
         // Calls are sent from, and answered on, an event thread.
         EventThread::current().ok_or(Status::InternalFailure)?;
-        self.outbox.calls.push(OutgoingCall {
-            vm: self.vm,
+        let vm = self.vm;
+        self.asked().calls.push(OutgoingCall {
+            vm,
             token: req.token,
             txn: s.map(|s| s.txn),
             method: method.to_vec(),
@@ -381,7 +389,7 @@ impl Backend for AtsBackend {
                 headers.push((k.to_vec(), v.to_vec()));
             }
         }
-        self.outbox.local_response(PendingLocalResponse {
+        self.asked().local_response(PendingLocalResponse {
             txn: s.txn,
             status,
             body: response.body.to_vec(),

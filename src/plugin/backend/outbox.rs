@@ -64,14 +64,6 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// Whether nothing was asked.
-    pub fn is_empty(&self) -> bool {
-        self.local_responses.is_empty()
-            && self.stream_controls.is_empty()
-            && self.calls.is_empty()
-            && self.queue_notices.is_empty()
-    }
-
     /// Records a local response for its transaction, replacing one recorded before.
     pub(super) fn local_response(&mut self, response: PendingLocalResponse) {
         self.local_responses.retain(|p| p.txn != response.txn);
