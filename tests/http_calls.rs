@@ -371,7 +371,7 @@ fn https_upstreams_are_reached_over_tls_by_ats() {
     let tls = TlsOrigin::start();
     let b = Ats::builder()
         .net_threads(2)
-        // A self-signed test certificate: no verification (see README, "HTTP calls").
+        // A self-signed test certificate: no verification (see docs/operations.md, "HTTP calls").
         .record("CONFIG proxy.config.ssl.client.verify.server.policy STRING DISABLED");
     let origin = format!("127.0.0.1:{}", b.origin_port());
     let ats = b
