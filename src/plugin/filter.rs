@@ -94,10 +94,11 @@ impl Filter {
         // The initializer may parse configuration: give it more time than one callback.
         let init_ticks = deadline_ticks.saturating_mul(10).max(5000);
         let upstreams: Arc<[(String, crate::config::Upstream)]> = cfg.upstreams.clone().into();
+        let filter_metrics = metrics.clone();
         let template = VmTemplate::new(
             pre,
             move || {
-                let mut st = HostState::new(AtsBackend::new(upstreams.clone()), info.clone());
+                let mut st = HostState::new(AtsBackend::new(upstreams.clone(), filter_metrics.clone()), info.clone());
                 let uid = st.vm_uid();
                 st.backend.set_vm(uid);
                 st

@@ -7,11 +7,13 @@
 
 pub mod call_request;
 pub mod outbox;
+pub mod validate;
 
 use std::time::Duration;
 
 use super::properties;
 use super::stream::{Phase, StreamControl, TxnStream};
+use super::telemetry::FilterMetrics;
 use crate::abi::buffers::apply_edit;
 use crate::abi::types::HostResult;
 use crate::abi::{Backend, BufferType, LocalResponse, LogLevel, MapType, QueueTarget, Status, StreamType};
@@ -43,13 +45,39 @@ pub struct AtsBackend {
     body: BodyBuffer,
     upstreams: std::sync::Arc<[(String, crate::config::Upstream)]>,
     vm: u64,
+    /// Where refused writes are counted and reported.
+    metrics: Option<std::sync::Arc<FilterMetrics>>,
 }
 
 impl AtsBackend {
     /// A backend for a VM of a filter with these `upstreams:`; the VM's id
     /// ([`crate::abi::HostState::vm_uid`]) is set with [`AtsBackend::set_vm`].
-    pub fn new(upstreams: std::sync::Arc<[(String, crate::config::Upstream)]>) -> Self {
-        AtsBackend { upstreams, ..AtsBackend::default() }
+    pub fn new(
+        upstreams: std::sync::Arc<[(String, crate::config::Upstream)]>,
+        metrics: std::sync::Arc<FilterMetrics>,
+    ) -> Self {
+        AtsBackend { upstreams, metrics: Some(metrics), ..AtsBackend::default() }
+    }
+
+    /// `Ok` for a valid write; else the refusal is counted and reported, and the guest gets
+    /// `BAD_ARGUMENT` ([`validate`]).
+    fn check(&self, valid: Result<(), validate::Rejected>, what: &str) -> HostResult {
+        valid.map_err(|r| {
+            if let Some(m) = &self.metrics {
+                m.rejected_write(r == validate::Rejected::Name, what);
+            }
+            Status::BadArgument
+        })
+    }
+
+    /// Checks one header write of `map`: a pseudo-header's characters, or a field.
+    fn check_write(&self, map: MapType, key: &[u8], value: &[u8]) -> HostResult {
+        let what = if map == MapType::ResponseHeaders { "a response header" } else { "a request header" };
+        if key.first() == Some(&b':') {
+            self.check(pseudo_value(key, value), what)
+        } else {
+            self.check(validate::field(key, value), what)
+        }
     }
 
     /// Records the id of the VM this backend belongs to (where call responses go).
@@ -99,11 +127,11 @@ fn header(s: TxnStream, map: MapType, write: bool) -> HostResult<HeaderMap> {
     }
 }
 
-fn valid_name(key: &[u8]) -> HostResult {
-    if key.is_empty() || key.iter().any(|&b| b <= b' ' || b == b':' || b >= 0x7f) {
-        Err(Status::BadArgument)
-    } else {
-        Ok(())
+/// The character rules of pseudo-header `key`'s value (its meaning is checked when set).
+fn pseudo_value(key: &[u8], value: &[u8]) -> Result<(), validate::Rejected> {
+    match key {
+        b":method" => validate::token(value),
+        _ => validate::request_line_part(value),
     }
 }
 
@@ -224,19 +252,19 @@ impl Backend for AtsBackend {
 
     fn map_add(&mut self, s: TxnStream, map: MapType, key: &[u8], value: &[u8]) -> HostResult {
         let h = header(s, map, true)?;
+        self.check_write(map, key, value)?;
         if key.first() == Some(&b':') {
             return pseudo_set(map, &h, key, value);
         }
-        valid_name(key)?;
         if h.add(key, value) { Ok(()) } else { Err(Status::InternalFailure) }
     }
 
     fn map_replace(&mut self, s: TxnStream, map: MapType, key: &[u8], value: &[u8]) -> HostResult {
         let h = header(s, map, true)?;
+        self.check_write(map, key, value)?;
         if key.first() == Some(&b':') {
             return pseudo_set(map, &h, key, value);
         }
-        valid_name(key)?;
         if h.replace(key, value) { Ok(()) } else { Err(Status::InternalFailure) }
     }
 
@@ -250,12 +278,11 @@ impl Backend for AtsBackend {
     }
 
     fn map_set_pairs(&mut self, s: TxnStream, map: MapType, pairs: &[(&[u8], &[u8])]) -> HostResult {
-        for (k, _) in pairs {
-            if k.first() != Some(&b':') {
-                valid_name(k)?;
-            }
-        }
         let h = header(s, map, true)?;
+        // All or nothing: every pair is checked before the map is cleared.
+        for (k, v) in pairs {
+            self.check_write(map, k, v)?;
+        }
         h.clear();
         for (k, v) in pairs {
             if k.first() == Some(&b':') {
@@ -303,6 +330,10 @@ impl Backend for AtsBackend {
     }
 
     fn http_call(&mut self, s: Option<TxnStream>, req: &crate::abi::HttpCallRequest<'_>) -> HostResult {
+        for (k, v) in req.headers {
+            let valid = if k.first() == Some(&b':') { pseudo_value(k, v) } else { validate::field(k, v) };
+            self.check(valid, "an HTTP call header")?;
+        }
         let target = call_request::resolve(&self.upstreams, req.upstream)?;
         let (method, url, headers) = call_request::build_request(&target, req)?;
         // Calls are sent from, and answered on, an event thread.
@@ -382,7 +413,7 @@ impl Backend for AtsBackend {
         let mut content_type = b"text/plain".to_vec();
         let mut headers = Vec::with_capacity(response.headers.len());
         for (k, v) in response.headers {
-            valid_name(k)?;
+            self.check(validate::field(k, v), "a local response header")?;
             if k.eq_ignore_ascii_case(b"content-type") {
                 content_type = v.to_vec();
             } else {

@@ -9,6 +9,8 @@
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use metrics::{Counter, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
@@ -24,6 +26,13 @@ pub const CALLBACK_FAILURES: &str = "ats_wasm_callback_failures_total";
 /// Transactions a failure-policy decision applied to, by `outcome` (`fail_open`,
 /// `fail_closed`).
 pub const FAILURE_OUTCOMES: &str = "ats_wasm_failure_outcomes_total";
+
+/// Header writes refused because a guest wrote an invalid name or value, by `reason`
+/// (`invalid_name`, `invalid_value`).
+pub const REJECTED_WRITES: &str = "ats_wasm_rejected_writes_total";
+
+/// diags.log lines about refused writes: at most this many per filter and minute.
+const REJECT_LINES_PER_MINUTE: u64 = 5;
 
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
@@ -86,6 +95,11 @@ impl Exporter {
             "Guest callbacks that failed, by filter and reason (trap, deadline, memory_cap).".into(),
         );
         self.recorder.describe_counter(
+            REJECTED_WRITES.into(),
+            None,
+            "Header writes refused (BAD_ARGUMENT), by filter and reason (invalid_name, invalid_value).".into(),
+        );
+        self.recorder.describe_counter(
             FAILURE_OUTCOMES.into(),
             None,
             "Failure-policy decisions, by filter and outcome (fail_open, fail_closed).".into(),
@@ -109,7 +123,44 @@ pub struct FilterMetrics {
     observer: Observer,
     failures: Option<[Counter; FailureReason::ALL.len()]>,
     outcomes: Option<[Counter; 2]>,
+    rejected: Option<[Counter; 2]>,
+    reject_lines: LineBudget,
     ats: AtsStats,
+    name: String,
+}
+
+/// A per-minute budget of diags.log lines, so a guest cannot flood diags.log; what it
+/// suppressed is counted and said in the next line it allows.
+struct LineBudget {
+    start: Instant,
+    minute: AtomicU64,
+    used: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LineBudget {
+    fn new() -> Self {
+        LineBudget {
+            start: Instant::now(),
+            minute: AtomicU64::new(0),
+            used: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines suppressed since the last allowed one)` when a line may be written now.
+    fn allow(&self, per_minute: u64) -> Option<u64> {
+        let minute = self.start.elapsed().as_secs() / 60;
+        if self.minute.swap(minute, Ordering::Relaxed) != minute {
+            self.used.store(0, Ordering::Relaxed);
+        }
+        if self.used.fetch_add(1, Ordering::Relaxed) < per_minute {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
 }
 
 /// A filter's ATS stats (`proxy.plugin.ats_wasm.<filter>.<stat>`); each is `None` when ATS
@@ -160,9 +211,22 @@ impl FilterMetrics {
         let outcomes = exporter.map(|e| {
             ["fail_open", "fail_closed"].map(|o| e.counter(FAILURE_OUTCOMES, vec![filter(), Label::new("outcome", o)]))
         });
+        let rejected = exporter.map(|e| {
+            ["invalid_name", "invalid_value"]
+                .map(|r| e.counter(REJECTED_WRITES, vec![filter(), Label::new("reason", r)]))
+        });
         let timer = exporter.map(|e| Arc::new(HookTimer::new(e.clock.clone())));
         let observer = Observer(timer.clone().map(|t| t as Arc<dyn CallbackObserver>));
-        Arc::new(FilterMetrics { timer, observer, failures, outcomes, ats })
+        Arc::new(FilterMetrics {
+            timer,
+            observer,
+            failures,
+            outcomes,
+            rejected,
+            reject_lines: LineBudget::new(),
+            ats,
+            name: name.to_string(),
+        })
     }
 
     /// Without ATS stats (unit tests: they cannot call ATS).
@@ -174,6 +238,9 @@ impl FilterMetrics {
             timer,
             failures: None,
             outcomes: None,
+            rejected: None,
+            reject_lines: LineBudget::new(),
+            name: "test".to_string(),
             ats: AtsStats {
                 requests: None,
                 failures: [None; FailureReason::ALL.len()],
@@ -221,6 +288,24 @@ impl FilterMetrics {
         }
     }
 
+    /// The filter's guest wrote an invalid header `what` (its name, when `invalid_name`, else
+    /// its value) and the write was refused: counted, and one WARNING line — at most
+    /// [`REJECT_LINES_PER_MINUTE`] a minute per filter, the next allowed line saying how many
+    /// were left out.
+    pub fn rejected_write(&self, invalid_name: bool, what: &str) {
+        if let Some(c) = &self.rejected {
+            c[usize::from(!invalid_name)].increment(1);
+        }
+        if let Some(suppressed) = self.reject_lines.allow(REJECT_LINES_PER_MINUTE) {
+            let why = if invalid_name { "a name that is not a token" } else { "a value with CR, LF or NUL" };
+            let more = if suppressed > 0 { format!(" ({suppressed} more such lines left out)") } else { String::new() };
+            log::warning(
+                format!("ats_wasm: filter \"{}\": refused to write {what} with {why} (BAD_ARGUMENT){more}", self.name)
+                    .as_bytes(),
+            );
+        }
+    }
+
     /// Copies the pool's totals into the ATS stats (any thread).
     pub(super) fn refresh_ats(&self, pool: &ats_wasm_pool::PoolStats) {
         let t = pool.total();
@@ -249,6 +334,18 @@ pub struct FilterSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_line_budget_allows_a_few_lines_a_minute_and_counts_the_rest() {
+        let b = LineBudget::new();
+        assert_eq!((0..3).map(|_| b.allow(3)).collect::<Vec<_>>(), [Some(0), Some(0), Some(0)]);
+        assert_eq!(b.allow(3), None);
+        assert_eq!(b.allow(3), None);
+        // A new minute: the first line says how many were left out.
+        b.minute.store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(b.allow(3), Some(2));
+        assert_eq!(b.allow(3), Some(0));
+    }
 
     #[test]
     fn ats_stat_names_keep_safe_characters() {
