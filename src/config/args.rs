@@ -1,0 +1,105 @@
+//! The plugin's arguments: `libats_wasm.so [--option=value …] a.yaml [b.yaml …]` in
+//! `plugin.config`.
+
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use super::limits::{
+    CALLBACK_DEADLINE_MS, DEFAULT_METRICS_LISTEN, DEFAULT_METRICS_PORT, DEFAULT_PAUSE_TIMEOUT_MS, Isolation, MAX_VMS,
+    PAUSE_TIMEOUT_MS, POOL_SIZE, max_memory,
+};
+use super::resolve;
+
+/// Options given on the plugin's line in `plugin.config`, and the YAML files after them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PluginArgs {
+    /// `--pool-size=N`: VMs per net thread per filter (default 1).
+    pub pool_size: usize,
+    /// `--isolation=shared|transaction` (default `shared`).
+    pub isolation: Isolation,
+    /// `--callback-deadline-ms=N`: the longest one guest callback may run (default 100).
+    pub callback_deadline_ms: u64,
+    /// `--pause-timeout-ms=N|off`: the longest a filter may keep a request or response paused
+    /// before its failure policy decides (default [`DEFAULT_PAUSE_TIMEOUT_MS`]); `None` (`off`)
+    /// leaves paused transactions to ATS's own timeouts.
+    pub pause_timeout_ms: Option<u64>,
+    /// `--max-memory=SIZE`: the largest linear memory of one VM (default 64M).
+    pub max_memory_bytes: usize,
+    /// `--max-vms=N`: how many VMs may exist at once across threads and filters (default
+    /// 1000); each reserves address space for `--max-memory` plus guard pages.
+    pub max_vms: u32,
+    /// `--metrics-listen=ADDR|off`: where the Prometheus endpoint listens (default
+    /// [`DEFAULT_METRICS_LISTEN`]); `None` (`off`) serves nothing and times nothing.
+    pub metrics_listen: Option<SocketAddr>,
+    /// `--module-cache=DIR|off`: where compiled modules are kept between restarts (relative
+    /// paths from the ATS configuration directory); `None` (`off`, the default) compiles every
+    /// module at every start.
+    pub module_cache: Option<PathBuf>,
+    /// The filter YAML files, absolute, in command-line order.
+    pub yaml_files: Vec<PathBuf>,
+}
+
+impl Default for PluginArgs {
+    fn default() -> Self {
+        Self {
+            pool_size: 1,
+            isolation: Isolation::Shared,
+            callback_deadline_ms: 100,
+            pause_timeout_ms: Some(DEFAULT_PAUSE_TIMEOUT_MS),
+            max_memory_bytes: 64 << 20,
+            max_vms: 1000,
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT))),
+            module_cache: None,
+            yaml_files: Vec::new(),
+        }
+    }
+}
+
+/// The usage line shown with argument errors.
+pub const USAGE: &str = "usage: libats_wasm.so [--pool-size=N] [--isolation=shared|transaction] \
+    [--callback-deadline-ms=N] [--pause-timeout-ms=N|off] [--max-memory=SIZE] [--max-vms=N] [--metrics-listen=ADDR:PORT|off] [--module-cache=DIR|off] FILTER.yaml [FILTER.yaml ...]";
+
+/// Parses the plugin's arguments (`args[0]` is the plugin path ATS passes first).
+pub fn parse_args(args: &[String], config_dir: &Path) -> Result<PluginArgs, String> {
+    let mut out = PluginArgs::default();
+    for arg in args.iter().skip(1) {
+        if let Some(opt) = arg.strip_prefix("--") {
+            let (name, value) = opt.split_once('=').unwrap_or((opt, ""));
+            let flag = format!("--{name}");
+            if value.is_empty() {
+                return Err(format!("{flag}: missing value (write {flag}=VALUE); {USAGE}"));
+            }
+            match name {
+                "pool-size" => out.pool_size = POOL_SIZE.parse(&flag, value)? as usize,
+                "isolation" => out.isolation = Isolation::parse(&flag, value)?,
+                "callback-deadline-ms" => out.callback_deadline_ms = CALLBACK_DEADLINE_MS.parse(&flag, value)?,
+                "pause-timeout-ms" => {
+                    out.pause_timeout_ms = match value {
+                        "off" => None,
+                        v => Some(PAUSE_TIMEOUT_MS.parse(&flag, v)?),
+                    }
+                }
+                "max-memory" => out.max_memory_bytes = max_memory(&flag, value)?,
+                "max-vms" => out.max_vms = MAX_VMS.parse(&flag, value)? as u32,
+                "metrics-listen" => {
+                    out.metrics_listen = match value {
+                        "off" => None,
+                        v => Some(v.parse::<SocketAddr>().map_err(|_| {
+                            format!("{flag}: expected IP:PORT (e.g. {DEFAULT_METRICS_LISTEN}) or \"off\", got \"{v}\"")
+                        })?),
+                    }
+                }
+                "module-cache" => out.module_cache = (value != "off").then(|| resolve(config_dir, value)),
+                _ => return Err(format!("unknown argument \"{arg}\"; {USAGE}")),
+            }
+        } else {
+            out.yaml_files.push(resolve(config_dir, arg));
+        }
+    }
+    if out.yaml_files.is_empty() {
+        return Err(format!("no filter configuration file given; {USAGE}"));
+    }
+    Ok(out)
+}
