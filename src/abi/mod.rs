@@ -6,7 +6,7 @@
 //! [`types`] (the ABI's enums), [`memory`] (checked guest memory), [`serialization`] (header
 //! maps), [`buffers`] (buffer ranges and edits), [`properties`] (property paths and value
 //! encodings), [`backend`] (the proxy side), [`state`] (per-VM host state), [`shared`]
-//! (process-wide shared data and queues), [`metrics`] (the process-wide metrics registry),
+//! (process-wide shared data and queues), [`guest_metrics`] (the process-wide registry of the guests' metrics),
 //! [`observe`] (timing callbacks), [`capabilities`] (`allowed_capabilities`), [`hostcalls`] and [`wasi`] (functions the guest
 //! imports), [`guest`] (callbacks into the guest).
 
@@ -16,7 +16,7 @@ pub mod capabilities;
 pub mod guest;
 pub mod hostcalls;
 pub mod memory;
-pub mod metrics;
+pub mod guest_metrics;
 pub mod observe;
 pub mod properties;
 pub mod serialization;
@@ -32,7 +32,7 @@ mod tests;
 pub use backend::{Backend, HttpCallRequest, LocalResponse, QueueTarget};
 pub use guest::{AbiVersion, ProxyVm, validate_module};
 pub use hostcalls::linker_for;
-pub use metrics::{MetricSnapshot, Metrics};
+pub use guest_metrics::{MetricSnapshot, Metrics};
 pub use observe::{Callback, CallbackObserver, Observer};
 pub use shared::Shared;
 pub use state::{HostState, HttpCallResponse, PluginInfo};

@@ -10,7 +10,7 @@ use wasmtime::{Instance, Memory, TypedFunc};
 use super::backend::Backend;
 use super::capabilities::Capabilities;
 use super::guest::{AbiVersion, GuestExports};
-use super::metrics::Metrics;
+use super::guest_metrics::Metrics;
 use super::shared::Shared;
 
 /// A map keyed by ids the host hands out itself (context ids, call tokens): no caller picks

@@ -32,7 +32,7 @@ use metrics::{Counter, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use thread_local::ThreadLocal;
 
-use crate::abi::metrics::HISTOGRAM_BUCKETS;
+use crate::abi::guest_metrics::HISTOGRAM_BUCKETS;
 use crate::abi::{Callback, CallbackObserver, MetricSnapshot, MetricType, Metrics, Observer};
 use crate::ts::log;
 use crate::ts::stats::Stat;

@@ -1,4 +1,4 @@
-//! The process-wide metrics registry (`proxy_define_metric`, `proxy_increment_metric`,
+//! The process-wide registry of the metrics guests define (`proxy_define_metric`, `proxy_increment_metric`,
 //! `proxy_record_metric`, `proxy_get_metric`), readable by an exporter through
 //! [`Metrics::snapshot`].
 //!
