@@ -21,7 +21,7 @@ use super::capabilities::first_denial;
 use super::memory::{check_u32, slice, write_u32, write_u64};
 use super::properties::parse_path;
 use super::serialization::decode_pairs;
-use super::state::{ContextKind, HostState};
+use super::state::HostState;
 use super::types::{BufferType, HostResult, LogLevel, MapType, MetricType, Status, StreamType};
 use super::wasi;
 
@@ -810,9 +810,4 @@ fn stream_op<B: Backend>(st: &mut HostState<B>, op: impl FnOnce(&mut B, B::Strea
     let stream = st.effective_stream().ok_or(Status::BadArgument)?;
     op(&mut st.backend, stream)?;
     Ok(())
-}
-
-/// Marks a context alive in `st` (used by the callback side when it creates contexts).
-pub(crate) fn register_context<B: Backend>(st: &mut HostState<B>, id: u32, kind: ContextKind<B::Stream>) {
-    st.contexts.insert(id, kind);
 }

@@ -8,11 +8,13 @@
 //! encodings), [`backend`] (the proxy side), [`state`] (per-VM host state), [`shared`]
 //! (process-wide shared data and queues), [`guest_metrics`] (the process-wide registry of the guests' metrics),
 //! [`observe`] (timing callbacks), [`capabilities`] (`allowed_capabilities`), [`hostcalls`] and [`wasi`] (functions the guest
-//! imports), [`guest`] (callbacks into the guest).
+//! imports), [`exports`] (what a module exports: ABI version, callbacks), [`guest`] (callbacks
+//! into the guest).
 
 pub mod backend;
 pub mod buffers;
 pub mod capabilities;
+pub mod exports;
 pub mod guest;
 pub mod hostcalls;
 pub mod memory;
@@ -30,7 +32,8 @@ pub mod wasi;
 mod tests;
 
 pub use backend::{Backend, HttpCallRequest, LocalResponse, QueueTarget};
-pub use guest::{AbiVersion, ProxyVm, validate_module};
+pub use exports::{AbiVersion, validate_module};
+pub use guest::ProxyVm;
 pub use hostcalls::linker_for;
 pub use guest_metrics::{MetricSnapshot, Metrics};
 pub use observe::{Callback, CallbackObserver, Observer};
