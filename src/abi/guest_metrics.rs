@@ -12,6 +12,8 @@
 //! values into [`HISTOGRAM_BUCKETS`] and keeps their sum and count (`increment` and `get` are
 //! `BAD_ARGUMENT`: a distribution has no single value, as in Envoy).
 
+#![forbid(unsafe_code)]
+
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
