@@ -2,8 +2,8 @@
 //!
 //! Nothing here touches ATS: the plugin implements [`Backend`] over transactions, and
 //! [`testing::MemoryBackend`] implements it in memory so real SDK-built modules can be driven
-//! in unit tests. One concern per file, after the Rust SDK's layout. In dependency order (each
-//! file's `use super::…` lines name only files above it, so there is no import cycle):
+//! in unit tests. One concern per file, after the Rust SDK's layout. In dependency order (the
+//! `use` lines of each file name only files above it, so there is no import cycle):
 //!
 //! 1. [`types`] (the ABI's enums), [`capabilities`] (`allowed_capabilities`), [`observe`]
 //!    (timing callbacks), [`exports`] (what a module exports: ABI version, validation,
