@@ -14,12 +14,14 @@ use crate::abi::types::{BufferType, HostResult, Status};
 use super::caller::{Ctx, HostCallResult, copy_out_scratch, memory};
 
 /// A guest's `proxy_buffer_type_t`; `BAD_ARGUMENT` when unknown.
+#[inline]
 fn buffer_type(raw: i32) -> HostResult<BufferType> {
     BufferType::from_raw(raw).ok_or(Status::BadArgument)
 }
 
 /// `proxy_get_buffer_status(buffer_type, return_buffer_size, return_unused)`: the buffer's
 /// size (saturated to `u32`) and flags 0.
+#[inline]
 pub(super) fn proxy_get_buffer_status<B: Backend>(
     c: &mut Ctx<'_, B>,
     buffer: i32,
@@ -39,6 +41,7 @@ pub(super) fn proxy_get_buffer_status<B: Backend>(
 
 /// `proxy_get_buffer_bytes(buffer_type, start, max_size, return_data, return_size)`: a copy of
 /// `[start, start + max_size)` of the buffer, clamped to its end.
+#[inline]
 pub(super) fn proxy_get_buffer_bytes<B: Backend>(
     c: &mut Ctx<'_, B>,
     buffer: i32,
@@ -54,6 +57,7 @@ pub(super) fn proxy_get_buffer_bytes<B: Backend>(
 /// `proxy_set_buffer_bytes(buffer_type, start, size, data, data_size)`: replaces
 /// `[start, start + size)` of a stream buffer; the host's own buffers are read-only
 /// (`BAD_ARGUMENT`), gRPC messages absent (`NOT_FOUND`).
+#[inline]
 pub(super) fn proxy_set_buffer_bytes<B: Backend>(
     c: &mut Ctx<'_, B>,
     buffer: i32,
@@ -86,6 +90,7 @@ pub(super) fn proxy_set_buffer_bytes<B: Backend>(
 
 /// 0.1.0's `proxy_get_configuration(return_data, return_size)`: the configuration of the
 /// current phase (the VM configuration during `proxy_on_vm_start`, else the plugin's).
+#[inline]
 pub(super) fn proxy_get_configuration<B: Backend>(c: &mut Ctx<'_, B>, ret_ptr: i32, ret_len: i32) -> HostCallResult {
     copy_out_scratch(c, ret_ptr, ret_len, |st, out| {
         let p = &st.plugin;
@@ -95,6 +100,7 @@ pub(super) fn proxy_get_configuration<B: Backend>(c: &mut Ctx<'_, B>, ret_ptr: i
 }
 
 /// The size of a buffer (`proxy_get_buffer_status`).
+#[inline]
 fn buffer_size<B: Backend>(st: &mut HostState<B>, buffer: BufferType) -> HostResult<usize> {
     match buffer {
         BufferType::VmConfiguration => Ok(st.plugin.vm_configuration.len()),
@@ -110,6 +116,7 @@ fn buffer_size<B: Backend>(st: &mut HostState<B>, buffer: BufferType) -> HostRes
 }
 
 /// Reads `[start, start + max)` (clamped) of a buffer into `out` (`proxy_get_buffer_bytes`).
+#[inline]
 fn read_buffer<B: Backend>(
     st: &mut HostState<B>,
     buffer: BufferType,

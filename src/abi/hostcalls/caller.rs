@@ -29,6 +29,7 @@ impl From<Status> for HostError {
 pub(super) type HostCallResult<T = ()> = Result<T, HostError>;
 
 /// Turns a host call body's result into what the guest sees.
+#[inline]
 pub(super) fn finish(r: HostCallResult) -> wasmtime::Result<i32> {
     match r {
         Ok(()) => Ok(Status::Ok as i32),
@@ -41,6 +42,7 @@ pub(super) fn finish(r: HostCallResult) -> wasmtime::Result<i32> {
 pub(super) type Ctx<'a, B> = Caller<'a, HostState<B>>;
 
 /// The guest's memory; `INTERNAL_FAILURE` before the VM is initialized.
+#[inline]
 pub(super) fn memory<B: Backend>(caller: &Ctx<'_, B>) -> HostResult<Memory> {
     caller.data().memory.ok_or(Status::InternalFailure)
 }
@@ -53,6 +55,7 @@ pub(super) fn memory<B: Backend>(caller: &Ctx<'_, B>) -> HostResult<Memory> {
 /// allocator that fails otherwise (returns 0, or a pointer whose range is outside memory) gives
 /// `INVALID_MEMORY_ACCESS`; a host call made from inside the allocator that needs to allocate
 /// gives `INTERNAL_FAILURE` (or a null pointer, for empty data).
+#[inline]
 pub(super) fn copy_out<B: Backend>(caller: &mut Ctx<'_, B>, data: &[u8], ret_ptr: i32, ret_len: i32) -> HostCallResult {
     let memory = memory(caller)?;
     let mem_len = memory.data_size(&*caller);
@@ -85,6 +88,7 @@ pub(super) fn copy_out<B: Backend>(caller: &mut Ctx<'_, B>, data: &[u8], ret_ptr
 /// Like [`copy_out`] for bytes the host builds in its reusable scratch buffer: `fill` writes
 /// them into the (cleared) buffer. The return pointers are checked before `fill` runs, so a
 /// call with side effects (a dequeue) does not lose data to a bad pointer.
+#[inline]
 pub(super) fn copy_out_scratch<B: Backend>(
     caller: &mut Ctx<'_, B>,
     ret_ptr: i32,
@@ -102,6 +106,7 @@ pub(super) fn copy_out_scratch<B: Backend>(
 }
 
 /// Copies `[ptr, ptr+len)` of guest memory into the host (so the guest memory borrow ends).
+#[inline]
 pub(super) fn read_guest<B: Backend>(caller: &Ctx<'_, B>, ptr: i32, len: i32, out: &mut Vec<u8>) -> HostResult {
     let memory = memory(caller)?;
     out.extend_from_slice(slice(memory.data(caller), ptr, len)?);
@@ -109,11 +114,13 @@ pub(super) fn read_guest<B: Backend>(caller: &Ctx<'_, B>, ptr: i32, len: i32, ou
 }
 
 /// Checks that `ptr` can hold a `u32` in the caller's memory.
+#[inline]
 pub(super) fn check_ret<B: Backend>(c: &Ctx<'_, B>, ptr: i32) -> HostResult {
     check_u32(memory(c)?.data_size(c), ptr)
 }
 
 /// Writes a `u32` result.
+#[inline]
 pub(super) fn put_u32<B: Backend>(c: &mut Ctx<'_, B>, ptr: i32, v: u32) -> HostResult {
     let memory = memory(c)?;
     write_u32(memory.data_mut(c), ptr, v)

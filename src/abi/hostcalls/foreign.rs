@@ -11,6 +11,7 @@ use super::caller::{Ctx, HostCallResult, copy_out_scratch, read_guest};
 /// arguments_size, return_results_data, return_results_size)`: `vm_id` returns this VM's
 /// process-unique id (8 bytes, little-endian), `thread_info` a description of the thread and
 /// pool; other names are the backend's (`NOT_FOUND` when unknown).
+#[inline]
 pub(super) fn proxy_call_foreign_function<B: Backend>(
     c: &mut Ctx<'_, B>,
     np: i32,

@@ -13,6 +13,7 @@ use crate::abi::types::{HostResult, MapType, Status};
 use super::caller::{Ctx, HostCallResult, HostError, copy_out_scratch, memory, put_u32, read_guest};
 
 /// A guest's `proxy_map_type_t`; `BAD_ARGUMENT` when unknown.
+#[inline]
 fn map_type(raw: i32) -> HostResult<MapType> {
     MapType::from_raw(raw).ok_or(Status::BadArgument)
 }
@@ -20,6 +21,7 @@ fn map_type(raw: i32) -> HostResult<MapType> {
 /// `proxy_get_header_map_value(map_type, key_data, key_size, return_value_data,
 /// return_value_size)`: the value of a field (case-insensitive), repeated fields joined with
 /// `", "`; `NOT_FOUND` when absent.
+#[inline]
 pub(super) fn proxy_get_header_map_value<B: Backend>(
     c: &mut Ctx<'_, B>,
     map: i32,
@@ -42,6 +44,7 @@ pub(super) fn proxy_get_header_map_value<B: Backend>(
 
 /// `proxy_get_header_map_pairs(map_type, return_map_data, return_map_size)`: the whole map,
 /// serialized (spec section "Serialization").
+#[inline]
 pub(super) fn proxy_get_header_map_pairs<B: Backend>(
     c: &mut Ctx<'_, B>,
     map: i32,
@@ -53,6 +56,7 @@ pub(super) fn proxy_get_header_map_pairs<B: Backend>(
 }
 
 /// `proxy_get_header_map_size(map_type, return_map_size)`: the size of the serialized map.
+#[inline]
 pub(super) fn proxy_get_header_map_size<B: Backend>(c: &mut Ctx<'_, B>, map: i32, ret_size: i32) -> HostCallResult {
     let map = map_type(map)?;
     let mut buf = std::mem::take(&mut c.data_mut().scratch);
@@ -66,6 +70,7 @@ pub(super) fn proxy_get_header_map_size<B: Backend>(c: &mut Ctx<'_, B>, map: i32
 
 /// `proxy_set_header_map_pairs(map_type, map_data, map_size)`: replaces a writable map with
 /// the serialized pairs.
+#[inline]
 pub(super) fn proxy_set_header_map_pairs<B: Backend>(
     c: &mut Ctx<'_, B>,
     map: i32,
@@ -83,6 +88,7 @@ pub(super) fn proxy_set_header_map_pairs<B: Backend>(
 
 /// `proxy_add_header_map_value(map_type, key_data, key_size, value_data, value_size)`: adds a
 /// field, keeping existing fields of the same name.
+#[inline]
 pub(super) fn proxy_add_header_map_value<B: Backend>(
     c: &mut Ctx<'_, B>,
     map: i32,
@@ -96,6 +102,7 @@ pub(super) fn proxy_add_header_map_value<B: Backend>(
 
 /// `proxy_replace_header_map_value(map_type, key_data, key_size, value_data, value_size)`:
 /// sets a field, replacing every field of that name.
+#[inline]
 pub(super) fn proxy_replace_header_map_value<B: Backend>(
     c: &mut Ctx<'_, B>,
     map: i32,
@@ -109,6 +116,7 @@ pub(super) fn proxy_replace_header_map_value<B: Backend>(
 
 /// `proxy_remove_header_map_value(map_type, key_data, key_size)`: removes every field of that
 /// name.
+#[inline]
 pub(super) fn proxy_remove_header_map_value<B: Backend>(
     c: &mut Ctx<'_, B>,
     map: i32,
@@ -119,12 +127,14 @@ pub(super) fn proxy_remove_header_map_value<B: Backend>(
 }
 
 /// The fields of an HTTP call response's map (`HTTP_CALL_RESPONSE_HEADERS` / `_TRAILERS`).
+#[inline]
 fn call_map<B: Backend>(st: &HostState<B>, map: MapType) -> HostResult<&[(Vec<u8>, Vec<u8>)]> {
     let r = st.call_response.as_ref().ok_or(Status::NotFound)?;
     Ok(if map == MapType::HttpCallResponseHeaders { &r.headers } else { &r.trailers })
 }
 
 /// The value of `key` in `map`, joined with `", "` when repeated; `Ok(false)` when absent.
+#[inline]
 fn map_get<B: Backend>(st: &mut HostState<B>, map: MapType, key: &[u8], out: &mut Vec<u8>) -> HostResult<bool> {
     match map {
         MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers => {
@@ -150,6 +160,7 @@ fn map_get<B: Backend>(st: &mut HostState<B>, map: MapType, key: &[u8], out: &mu
 
 /// Serializes `map` into `out` (cleared first), without allocating once the scratch buffers
 /// have grown: sizes go to `out`, bytes to the second scratch buffer, then they are joined.
+#[inline]
 fn serialize_map<B: Backend>(st: &mut HostState<B>, map: MapType, out: &mut Vec<u8>) -> HostCallResult {
     out.clear();
     out.extend_from_slice(&[0; 4]);
@@ -186,6 +197,7 @@ fn serialize_map<B: Backend>(st: &mut HostState<B>, map: MapType, out: &mut Vec<
 
 /// The stream whose `map` the guest may change now; `BAD_ARGUMENT` for read-only maps (HTTP
 /// call responses, gRPC metadata) and when the effective context has no stream.
+#[inline]
 fn writable_map<B: Backend>(st: &HostState<B>, map: MapType) -> HostResult<B::Stream> {
     match map {
         MapType::RequestHeaders | MapType::RequestTrailers | MapType::ResponseHeaders | MapType::ResponseTrailers => {
@@ -199,6 +211,7 @@ fn writable_map<B: Backend>(st: &HostState<B>, map: MapType) -> HostResult<B::St
 type MapOp<B> = fn(&mut B, <B as Backend>::Stream, MapType, &[u8], &[u8]) -> HostResult;
 
 /// Runs `op` with the key and value the guest passed, on the map if it is writable.
+#[inline]
 fn with_key_value<B: Backend>(
     c: &mut Ctx<'_, B>,
     map: i32,

@@ -19,6 +19,7 @@ use super::caller::{Ctx, HostCallResult, check_ret, memory};
 /// response comes later to the calling context. `BAD_ARGUMENT` without `:method`, `:path` or
 /// `:authority`.
 #[allow(clippy::too_many_arguments, reason = "the ABI's signature")]
+#[inline]
 pub(super) fn proxy_http_call<B: Backend>(
     c: &mut Ctx<'_, B>,
     up: i32,

@@ -11,6 +11,7 @@ use super::caller::{Ctx, HostCallResult, memory, put_u32};
 
 /// `proxy_log(level, message_data, message_size)`: logs the message as the filter when `level`
 /// reaches the proxy's log level; `BAD_ARGUMENT` for an unknown level.
+#[inline]
 pub(super) fn proxy_log<B: Backend>(c: &mut Ctx<'_, B>, level: i32, ptr: i32, len: i32) -> HostCallResult {
     let level = LogLevel::from_raw(level).ok_or(Status::BadArgument)?;
     let memory = memory(c)?;
@@ -23,6 +24,7 @@ pub(super) fn proxy_log<B: Backend>(c: &mut Ctx<'_, B>, level: i32, ptr: i32, le
 }
 
 /// `proxy_get_log_level(return_log_level)`: the proxy's current log level.
+#[inline]
 pub(super) fn proxy_get_log_level<B: Backend>(c: &mut Ctx<'_, B>, ret: i32) -> HostCallResult {
     let level = c.data().backend.log_level();
     put_u32(c, ret, level as u32)?;

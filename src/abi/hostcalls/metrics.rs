@@ -12,6 +12,7 @@ use super::caller::{Ctx, HostCallResult, check_ret, memory};
 
 /// `proxy_define_metric(metric_type, metric_name_data, metric_name_size, return_metric_id)`:
 /// the id of the metric of that name (the same id when defined again with the same type).
+#[inline]
 pub(super) fn proxy_define_metric<B: Backend>(
     c: &mut Ctx<'_, B>,
     kind: i32,
@@ -29,18 +30,21 @@ pub(super) fn proxy_define_metric<B: Backend>(
 }
 
 /// `proxy_increment_metric(metric_id, offset)`: adds `offset`.
+#[inline]
 pub(super) fn proxy_increment_metric<B: Backend>(c: &mut Ctx<'_, B>, id: i32, delta: i64) -> HostCallResult {
     c.data().metrics.increment(id as u32, delta)?;
     Ok(())
 }
 
 /// `proxy_record_metric(metric_id, value)`: sets the value (a histogram: adds an observation).
+#[inline]
 pub(super) fn proxy_record_metric<B: Backend>(c: &mut Ctx<'_, B>, id: i32, value: i64) -> HostCallResult {
     c.data().metrics.record(id as u32, value as u64)?;
     Ok(())
 }
 
 /// `proxy_get_metric(metric_id, return_value)`: the current value.
+#[inline]
 pub(super) fn proxy_get_metric<B: Backend>(c: &mut Ctx<'_, B>, id: i32, ret: i32) -> HostCallResult {
     check_ret(c, ret)?;
     let value = c.data().metrics.get(id as u32)?;

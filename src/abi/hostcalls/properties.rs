@@ -12,6 +12,7 @@ use super::caller::{Ctx, HostCallResult, copy_out_scratch, memory, read_guest};
 
 /// `proxy_get_property(path_data, path_size, return_value_data, return_value_size)`: the value
 /// of the property at the serialized path; `NOT_FOUND` for unknown paths.
+#[inline]
 pub(super) fn proxy_get_property<B: Backend>(
     c: &mut Ctx<'_, B>,
     path_ptr: i32,
@@ -45,6 +46,7 @@ pub(super) fn proxy_get_property<B: Backend>(
 
 /// `proxy_set_property(path_data, path_size, value_data, value_size)`: sets the property at
 /// the serialized path; `BAD_ARGUMENT` for the `plugin_*` properties.
+#[inline]
 pub(super) fn proxy_set_property<B: Backend>(c: &mut Ctx<'_, B>, pp: i32, pl: i32, vp: i32, vl: i32) -> HostCallResult {
     let memory = memory(c)?;
     let (mem, st) = memory.data_and_store_mut(&mut *c);

@@ -10,6 +10,7 @@ use super::caller::{Ctx, HostCallResult, HostError, check_ret, copy_out_scratch,
 
 /// `proxy_get_shared_data(key_data, key_size, return_value_data, return_value_size,
 /// return_cas)`: the value and its version (the CAS value); `NOT_FOUND` when absent.
+#[inline]
 pub(super) fn proxy_get_shared_data<B: Backend>(
     c: &mut Ctx<'_, B>,
     kp: i32,
@@ -36,6 +37,7 @@ pub(super) fn proxy_get_shared_data<B: Backend>(
 
 /// `proxy_set_shared_data(key_data, key_size, value_data, value_size, cas)`: sets the value
 /// when `cas` is 0 or the key's current version; `CAS_MISMATCH` otherwise.
+#[inline]
 pub(super) fn proxy_set_shared_data<B: Backend>(
     c: &mut Ctx<'_, B>,
     kp: i32,

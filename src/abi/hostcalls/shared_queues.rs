@@ -12,6 +12,7 @@ use super::caller::{Ctx, HostCallResult, check_ret, copy_out_scratch, memory};
 
 /// `proxy_register_shared_queue(queue_name_data, queue_name_size, return_queue_id)`: the
 /// queue of that name in the filter's `vm_id`, owned by this VM's root context from now on.
+#[inline]
 pub(super) fn proxy_register_shared_queue<B: Backend>(
     c: &mut Ctx<'_, B>,
     np: i32,
@@ -30,6 +31,7 @@ pub(super) fn proxy_register_shared_queue<B: Backend>(
 
 /// `proxy_resolve_shared_queue(vm_id_data, vm_id_size, queue_name_data, queue_name_size,
 /// return_queue_id)`: the id of a registered queue; `NOT_FOUND` when there is none.
+#[inline]
 pub(super) fn proxy_resolve_shared_queue<B: Backend>(
     c: &mut Ctx<'_, B>,
     vp: i32,
@@ -50,6 +52,7 @@ pub(super) fn proxy_resolve_shared_queue<B: Backend>(
 
 /// `proxy_enqueue_shared_queue(queue_id, value_data, value_size)`: appends the value and tells
 /// the backend that the queue's owner has an item to read.
+#[inline]
 pub(super) fn proxy_enqueue_shared_queue<B: Backend>(c: &mut Ctx<'_, B>, id: i32, vp: i32, vl: i32) -> HostCallResult {
     let memory = memory(c)?;
     let (mem, st) = memory.data_and_store_mut(&mut *c);
@@ -61,6 +64,7 @@ pub(super) fn proxy_enqueue_shared_queue<B: Backend>(c: &mut Ctx<'_, B>, id: i32
 
 /// `proxy_dequeue_shared_queue(queue_id, return_value_data, return_value_size)`: the oldest
 /// item; `EMPTY` when there is none.
+#[inline]
 pub(super) fn proxy_dequeue_shared_queue<B: Backend>(
     c: &mut Ctx<'_, B>,
     id: i32,

@@ -14,12 +14,14 @@ use crate::abi::types::{HostResult, Status, StreamType};
 use super::caller::{Ctx, HostCallResult, check_ret, copy_out_scratch, memory, put_u32};
 
 /// A guest's `proxy_stream_type_t`; `BAD_ARGUMENT` when unknown.
+#[inline]
 fn stream_type(raw: i32) -> HostResult<StreamType> {
     StreamType::from_raw(raw).ok_or(Status::BadArgument)
 }
 
 /// Runs a stream-control operation on the effective context's stream; `BAD_ARGUMENT` when the
 /// effective context has none (the root context).
+#[inline]
 fn stream_op<B: Backend>(st: &mut HostState<B>, op: impl FnOnce(&mut B, B::Stream) -> HostResult) -> HostCallResult {
     let stream = st.effective_stream().ok_or(Status::BadArgument)?;
     op(&mut st.backend, stream)?;
@@ -27,29 +29,34 @@ fn stream_op<B: Backend>(st: &mut HostState<B>, op: impl FnOnce(&mut B, B::Strea
 }
 
 /// `proxy_continue_stream(stream_type)`: resumes a paused direction of the stream.
+#[inline]
 pub(super) fn proxy_continue_stream<B: Backend>(c: &mut Ctx<'_, B>, which: i32) -> HostCallResult {
     let which = stream_type(which)?;
     stream_op(c.data_mut(), |b, s| b.continue_stream(s, which))
 }
 
 /// `proxy_close_stream(stream_type)`: closes or resets a direction of the stream.
+#[inline]
 pub(super) fn proxy_close_stream<B: Backend>(c: &mut Ctx<'_, B>, which: i32) -> HostCallResult {
     let which = stream_type(which)?;
     stream_op(c.data_mut(), |b, s| b.close_stream(s, which))
 }
 
 /// 0.1.0's `proxy_continue_request()`: `proxy_continue_stream(HTTP_REQUEST)`.
+#[inline]
 pub(super) fn proxy_continue_request<B: Backend>(c: &mut Ctx<'_, B>) -> HostCallResult {
     stream_op(c.data_mut(), |b, s| b.continue_stream(s, StreamType::HttpRequest))
 }
 
 /// 0.1.0's `proxy_continue_response()`: `proxy_continue_stream(HTTP_RESPONSE)`.
+#[inline]
 pub(super) fn proxy_continue_response<B: Backend>(c: &mut Ctx<'_, B>) -> HostCallResult {
     stream_op(c.data_mut(), |b, s| b.continue_stream(s, StreamType::HttpResponse))
 }
 
 /// 0.1.0's `proxy_clear_route_cache()`: `OK` and nothing else — ATS routes (remaps) after the
 /// request headers; there is no cache to clear.
+#[inline]
 pub(super) fn proxy_clear_route_cache<B: Backend>(_: &mut Ctx<'_, B>) -> HostCallResult {
     Ok(())
 }
@@ -58,6 +65,7 @@ pub(super) fn proxy_clear_route_cache<B: Backend>(_: &mut Ctx<'_, B>) -> HostCal
 /// body_data, body_size, headers_data, headers_size, grpc_status)`: the stream is answered
 /// with this response instead of the upstream's; `BAD_ARGUMENT` from the root context.
 #[allow(clippy::too_many_arguments, reason = "the ABI's signature")]
+#[inline]
 pub(super) fn proxy_send_local_response<B: Backend>(
     c: &mut Ctx<'_, B>,
     code: i32,
@@ -84,6 +92,7 @@ pub(super) fn proxy_send_local_response<B: Backend>(
 /// return_status_message_size)`: during `proxy_on_http_call_response`, the response's
 /// `:status` and the failure message (empty on success); code 0 and an empty message
 /// otherwise.
+#[inline]
 pub(super) fn proxy_get_status<B: Backend>(
     c: &mut Ctx<'_, B>,
     ret_code: i32,

@@ -11,6 +11,7 @@ use crate::abi::memory::write_u64;
 use super::caller::{Ctx, HostCallResult, memory};
 
 /// `proxy_get_current_time_nanoseconds(return_time)`: wall-clock time since the Unix epoch.
+#[inline]
 pub(super) fn proxy_get_current_time_nanoseconds<B: Backend>(c: &mut Ctx<'_, B>, ret: i32) -> HostCallResult {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     let memory = memory(c)?;
@@ -20,6 +21,7 @@ pub(super) fn proxy_get_current_time_nanoseconds<B: Backend>(c: &mut Ctx<'_, B>,
 
 /// `proxy_set_tick_period_milliseconds(period)`: asks the backend to call `proxy_on_tick` every
 /// `period` ms (0 stops the timer).
+#[inline]
 pub(super) fn proxy_set_tick_period_milliseconds<B: Backend>(c: &mut Ctx<'_, B>, period: i32) -> HostCallResult {
     let period = match period as u32 {
         0 => None,

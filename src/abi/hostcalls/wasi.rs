@@ -34,6 +34,7 @@ const MAX_RANDOM: i32 = 1 << 20;
 pub(super) type WasiResult = Result<(), i32>;
 
 /// A guest memory error as WASI's `FAULT`.
+#[inline]
 fn fault(_: Status) -> i32 {
     FAULT
 }
@@ -46,6 +47,7 @@ fn monotonic_origin() -> Instant {
 
 /// `fd_write(fd, iovs, iovs_len, return_written)`: stdout logs at `info`, stderr at `error`
 /// (one message per call, a final newline dropped); other descriptors are `BADF`.
+#[inline]
 pub(super) fn fd_write<B: Backend>(
     c: &mut Ctx<'_, B>,
     fd: i32,
@@ -77,6 +79,7 @@ pub(super) fn fd_write<B: Backend>(
 
 /// `environ_sizes_get(return_count, return_buffer_size)`: the number of configured
 /// environment variables and the bytes `environ_get` needs for them.
+#[inline]
 pub(super) fn environ_sizes_get<B: Backend>(c: &mut Ctx<'_, B>, ret_count: i32, ret_size: i32) -> WasiResult {
     let memory = memory(c).map_err(fault)?;
     let (mem, st) = memory.data_and_store_mut(&mut *c);
@@ -89,6 +92,7 @@ pub(super) fn environ_sizes_get<B: Backend>(c: &mut Ctx<'_, B>, ret_count: i32, 
 
 /// `environ_get(return_array, return_buffer)`: the configured environment as NUL-terminated
 /// `KEY=VALUE` strings.
+#[inline]
 pub(super) fn environ_get<B: Backend>(c: &mut Ctx<'_, B>, ret_array: i32, ret_buf: i32) -> WasiResult {
     let memory = memory(c).map_err(fault)?;
     let (mem, st) = memory.data_and_store_mut(&mut *c);
@@ -104,6 +108,7 @@ pub(super) fn environ_get<B: Backend>(c: &mut Ctx<'_, B>, ret_array: i32, ret_bu
 }
 
 /// `args_sizes_get(return_count, return_buffer_size)`: no arguments.
+#[inline]
 pub(super) fn args_sizes_get<B: Backend>(c: &mut Ctx<'_, B>, ret_count: i32, ret_size: i32) -> WasiResult {
     let memory = memory(c).map_err(fault)?;
     let mem = memory.data_mut(&mut *c);
@@ -113,12 +118,14 @@ pub(super) fn args_sizes_get<B: Backend>(c: &mut Ctx<'_, B>, ret_count: i32, ret
 }
 
 /// `args_get(return_argv, return_buffer)`: nothing to write (there are no arguments).
+#[inline]
 pub(super) fn args_get<B: Backend>(_: &mut Ctx<'_, B>, _argv: i32, _buf: i32) -> WasiResult {
     Ok(())
 }
 
 /// `clock_time_get(clock_id, precision, return_time)`: realtime (0) or monotonic (1) nanoseconds;
 /// other clocks are `NOTSUP`.
+#[inline]
 pub(super) fn clock_time_get<B: Backend>(c: &mut Ctx<'_, B>, id: i32, _precision: i64, ret: i32) -> WasiResult {
     let nanos = match id {
         0 => SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
@@ -131,6 +138,7 @@ pub(super) fn clock_time_get<B: Backend>(c: &mut Ctx<'_, B>, id: i32, _precision
 
 /// `random_get(buffer, buffer_size)`: fills the buffer from the OS's random source; `INVAL`
 /// beyond [`MAX_RANDOM`] bytes.
+#[inline]
 pub(super) fn random_get<B: Backend>(c: &mut Ctx<'_, B>, buf: i32, len: i32) -> WasiResult {
     if len as u32 > MAX_RANDOM as u32 {
         return Err(INVAL);
@@ -141,6 +149,7 @@ pub(super) fn random_get<B: Backend>(c: &mut Ctx<'_, B>, buf: i32, len: i32) -> 
 }
 
 /// `proc_exit(code)`: remembers the code (for the error report) and ends the VM with a trap.
+#[inline]
 pub(super) fn proc_exit<B: Backend>(c: &mut Ctx<'_, B>, code: i32) -> wasmtime::Result<()> {
     c.data_mut().exit_code = Some(code);
     Err(wasmtime::Error::msg(format!("the guest called proc_exit({code})")))
