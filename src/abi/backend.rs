@@ -14,6 +14,8 @@
 //! spec's status for "not available" (`NOT_FOUND`) or `UNIMPLEMENTED`, so a backend implements
 //! only what it supports.
 
+#![forbid(unsafe_code)]
+
 use std::time::Duration;
 
 use super::types::{BufferType, HostResult, LogLevel, MapType, Status, StreamType};

@@ -1,6 +1,8 @@
 //! Buffer arithmetic of `proxy_get_buffer_bytes` and `proxy_set_buffer_bytes`, shared by the
 //! host and by backends that keep buffers in memory.
 
+#![forbid(unsafe_code)]
+
 use super::types::{HostResult, Status};
 
 /// The range `proxy_get_buffer_bytes(start, max_size)` reads from a buffer of `len` bytes:

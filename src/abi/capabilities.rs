@@ -7,6 +7,8 @@
 //! refused call of each function logs one warning per filter; the host never traps for it.
 //! Callbacks are not restricted.
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
 

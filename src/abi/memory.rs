@@ -5,6 +5,8 @@
 //! [`Status::InvalidMemoryAccess`] instead of reading or writing outside it. Wasm pointers are
 //! unsigned 32-bit, so negative `i32`s are reinterpreted, not rejected.
 
+#![forbid(unsafe_code)]
+
 use super::types::{HostResult, Status};
 
 /// The byte range `[ptr, ptr + len)` of a memory of `mem_len` bytes, if it lies inside it.

@@ -2,21 +2,33 @@
 //!
 //! Nothing here touches ATS: the plugin implements [`Backend`] over transactions, and
 //! [`testing::MemoryBackend`] implements it in memory so real SDK-built modules can be driven
-//! in unit tests. One concern per file, after the Rust SDK's layout:
-//! [`types`] (the ABI's enums), [`memory`] (checked guest memory), [`serialization`] (header
-//! maps), [`buffers`] (buffer ranges and edits), [`properties`] (property paths and value
-//! encodings), [`backend`] (the proxy side), [`state`] (per-VM host state), [`shared`]
-//! (process-wide shared data and queues), [`metrics`] (the process-wide metrics registry),
-//! [`observe`] (timing callbacks), [`capabilities`] (`allowed_capabilities`), [`hostcalls`] and [`wasi`] (functions the guest
-//! imports), [`guest`] (callbacks into the guest).
+//! in unit tests. One concern per file, after the Rust SDK's layout. In dependency order (the
+//! `use` lines of each file name only files above it, so there is no import cycle):
+//!
+//! 1. [`types`] (the ABI's enums), [`capabilities`] (`allowed_capabilities`), [`observe`]
+//!    (timing callbacks), [`exports`] (what a module exports: ABI version, validation,
+//!    callback lookup) — no imports from this module;
+//! 2. [`memory`] (checked guest memory), [`serialization`] (header maps), [`buffers`] (buffer
+//!    ranges and edits), [`guest_metrics`] (the process-wide registry of the guests' metrics),
+//!    [`backend`] (the proxy side) — on `types`;
+//! 3. [`properties`] (property paths and value encodings; on `serialization`), [`shared`]
+//!    (process-wide shared data and queues; on `backend`), [`testing`] (an in-memory backend);
+//! 4. [`state`] (per-VM host state; on `backend`, `capabilities`, `exports`, `guest_metrics`,
+//!    `observe`, `shared`);
+//! 5. [`hostcalls`] (the functions the guest imports, WASI included) and [`guest`] (VM
+//!    initialization and callbacks into the guest) — on `state` and below, not on each other.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod backend;
 pub mod buffers;
 pub mod capabilities;
+pub mod exports;
 pub mod guest;
+pub mod guest_metrics;
 pub mod hostcalls;
 pub mod memory;
-pub mod metrics;
 pub mod observe;
 pub mod properties;
 pub mod serialization;
@@ -24,15 +36,15 @@ pub mod shared;
 pub mod state;
 pub mod testing;
 pub mod types;
-pub mod wasi;
 
 #[cfg(test)]
 mod tests;
 
 pub use backend::{Backend, HttpCallRequest, LocalResponse, QueueTarget};
-pub use guest::{AbiVersion, ProxyVm, validate_module};
+pub use exports::{AbiVersion, validate_module};
+pub use guest::ProxyVm;
+pub use guest_metrics::{MetricSnapshot, Metrics};
 pub use hostcalls::linker_for;
-pub use metrics::{MetricSnapshot, Metrics};
 pub use observe::{Callback, CallbackObserver, Observer};
 pub use shared::Shared;
 pub use state::{HostState, HttpCallResponse, PluginInfo};

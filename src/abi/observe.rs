@@ -2,6 +2,8 @@
 //! the filter's [`CallbackObserver`] (set in
 //! [`PluginInfo::observer`](super::PluginInfo::observer)). With no observer, no clock is read.
 
+#![forbid(unsafe_code)]
+
 use std::fmt;
 use std::sync::Arc;
 

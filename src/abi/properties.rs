@@ -22,6 +22,8 @@
 //! `response.headers` (map). Addresses are `ip:port` only where Envoy does so
 //! (`source.address` is `ip:port` in Envoy; `source.port` is the port alone, in host order).
 
+#![forbid(unsafe_code)]
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::serialization::encode_pairs;

@@ -2,6 +2,8 @@
 //! `u32` key length and value length per pair, then each key and value followed by a NUL.
 //! All integers little-endian. An empty map is either zero bytes or a single zero count.
 
+#![forbid(unsafe_code)]
+
 use super::types::{HostResult, Status};
 
 /// Serializes `pairs` into `out` (cleared first).

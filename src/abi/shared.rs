@@ -13,6 +13,8 @@
 //! context that last registered it; every enqueue produces a [`QueueTarget`] for them, which
 //! the enqueuing VM's backend delivers ([`super::Backend::queue_ready`]).
 
+#![forbid(unsafe_code)]
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 

@@ -1,5 +1,7 @@
 //! The host state kept in each VM's `Store`.
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,8 +11,9 @@ use wasmtime::{Instance, Memory, TypedFunc};
 
 use super::backend::Backend;
 use super::capabilities::Capabilities;
-use super::guest::{AbiVersion, GuestExports};
-use super::metrics::Metrics;
+use super::exports::{AbiVersion, GuestExports, HasInstance};
+use super::guest_metrics::Metrics;
+use super::observe::Observer;
 use super::shared::Shared;
 
 /// A map keyed by ids the host hands out itself (context ids, call tokens): no caller picks
@@ -62,7 +65,7 @@ pub struct PluginInfo {
     /// call; `None` or empty allows all (see [`super::capabilities`]).
     pub allowed_capabilities: Option<Vec<String>>,
     /// Told the duration of every guest callback (none: callbacks are not timed).
-    pub observer: super::observe::Observer,
+    pub observer: Observer,
 }
 
 /// A context the host created in this VM.
@@ -111,23 +114,38 @@ pub struct HostState<B: Backend> {
     pub backend: B,
     /// The filter's configuration.
     pub plugin: Arc<PluginInfo>,
+    /// Shared data and queues (process-wide, or a test's own).
     pub(crate) shared: Arc<Shared>,
+    /// The guests' metrics registry (process-wide, or a test's own).
     pub(crate) metrics: Arc<Metrics>,
+    /// The host functions the filter may call.
     pub(crate) capabilities: Capabilities,
+    /// This VM's process-unique id.
     pub(crate) vm_uid: u64,
+    /// The ABI version the module declared (set by initialization).
     pub(crate) abi: Option<AbiVersion>,
+    /// The VM's instance (set by initialization).
     pub(crate) instance: Option<Instance>,
+    /// The guest's exported memory (set by initialization).
     pub(crate) memory: Option<Memory>,
+    /// The guest's allocator, `proxy_on_memory_allocate` or `malloc` (set by initialization).
     pub(crate) allocator: Option<Arc<TypedFunc<i32, i32>>>,
+    /// The guest's callbacks, looked up on first use.
     pub(crate) exports: Arc<GuestExports>,
+    /// The root context's id (0 before initialization).
     pub(crate) root_context_id: u32,
+    /// Where the search for the next free context id starts.
     pub(crate) next_context_id: u32,
+    /// The context host calls act for: the callback's, or the one `proxy_set_effective_context`
+    /// chose.
     pub(crate) effective_context: u32,
+    /// The contexts alive in this VM.
     pub(crate) contexts: IdMap<ContextKind<B::Stream>>,
     /// Contexts whose `proxy_on_done` answered `false`, and whether `proxy_done` came since.
     pub(crate) pending_done: Vec<(u32, bool)>,
     /// Outstanding HTTP calls: token → the context that made the call.
     pub(crate) http_calls: IdMap<u32>,
+    /// Where the search for the next free HTTP call token starts.
     pub(crate) next_token: u32,
     /// The response being delivered by `proxy_on_http_call_response`.
     pub(crate) call_response: Option<HttpCallResponse>,
@@ -139,9 +157,11 @@ pub struct HostState<B: Backend> {
     /// Set while the host is inside the guest's allocator: host calls that would allocate
     /// again answer `INTERNAL_FAILURE` instead of recursing.
     pub(crate) in_allocator: bool,
+    /// The tick period the guest asked for, if any.
     pub(crate) tick_period: Option<Duration>,
-    /// Reused buffers for values on their way into the guest.
+    /// Reused buffer for values on their way into the guest.
     pub(crate) scratch: Vec<u8>,
+    /// A second reused buffer (keys read from the guest, a serialized map's bytes).
     pub(crate) scratch2: Vec<u8>,
     /// Why the guest asked to stop (`proc_exit`), for the error report.
     pub(crate) exit_code: Option<i32>,
@@ -237,6 +257,17 @@ impl<B: Backend> HostState<B> {
     pub fn exit_code(&self) -> Option<i32> {
         self.exit_code
     }
+}
+
+impl<B: Backend> HasInstance for HostState<B> {
+    fn instance(&self) -> Option<Instance> {
+        self.instance
+    }
+}
+
+/// Marks a context alive in `st` (used by the callback side when it creates contexts).
+pub(crate) fn register_context<B: Backend>(st: &mut HostState<B>, id: u32, kind: ContextKind<B::Stream>) {
+    st.contexts.insert(id, kind);
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! An in-memory [`Backend`] for driving real guest modules without ATS (unit tests, benches).
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -1,5 +1,7 @@
 //! The ABI's enumerations (spec section "Types"), with checked conversions from guest integers.
 
+#![forbid(unsafe_code)]
+
 /// `proxy_status_t`: what every host function returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(i32)]

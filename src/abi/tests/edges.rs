@@ -3,6 +3,8 @@
 //! failing allocators, `proc_exit`, WASI outside the sandbox, capability restrictions, ABI
 //! 0.1.0 callbacks and the L4 callbacks.
 
+#![forbid(unsafe_code)]
+
 use std::sync::Arc;
 
 use super::super::guest::{self, ProxyVm};

@@ -4,6 +4,8 @@
 //! `probe` drives the Rust SDK `abi-probe` filter through every host function, `edges` runs
 //! hand-written WAT for what SDKs never do, `toolchains` runs the C and AssemblyScript modules.
 
+#![forbid(unsafe_code)]
+
 mod edges;
 mod probe;
 mod toolchains;

@@ -2,6 +2,8 @@
 //! `P|case|status|value`; these tests drive it through the in-memory backend and assert one
 //! line per function and status the spec defines.
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

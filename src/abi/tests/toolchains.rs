@@ -2,6 +2,8 @@
 //! (clang-22, wasm32-wasi reactor) and AssemblyScript (`@solo-io/proxy-runtime` 0.1.8, ABI
 //! 0.2.0, which imports `wasi_unstable.proc_exit`), each running request and response headers.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::sync::Arc;
 

@@ -14,7 +14,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::counters::FilterSnapshot;
 use super::timing::{HOOK_BUCKET_LABELS, HOOK_DURATION};
-use crate::abi::metrics::HISTOGRAM_BUCKETS;
+use crate::abi::guest_metrics::HISTOGRAM_BUCKETS;
 use crate::abi::{MetricSnapshot, MetricType};
 
 /// The prefix of guest metric names.

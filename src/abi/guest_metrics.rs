@@ -1,4 +1,4 @@
-//! The process-wide metrics registry (`proxy_define_metric`, `proxy_increment_metric`,
+//! The process-wide registry of the metrics guests define (`proxy_define_metric`, `proxy_increment_metric`,
 //! `proxy_record_metric`, `proxy_get_metric`), readable by an exporter through
 //! [`Metrics::snapshot`].
 //!
@@ -11,6 +11,8 @@
 //! `increment` adds, `get` returns its two's-complement bits); a histogram counts recorded
 //! values into [`HISTOGRAM_BUCKETS`] and keeps their sum and count (`increment` and `get` are
 //! `BAD_ARGUMENT`: a distribution has no single value, as in Envoy).
+
+#![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};

@@ -1,0 +1,55 @@
+//! Spec section "Shared Key-Value Store": `proxy_get_shared_data`, `proxy_set_shared_data`, in
+//! the filter's `vm_id` namespace of the process-wide [`crate::abi::shared::Shared`].
+
+#![forbid(unsafe_code)]
+
+use crate::abi::backend::Backend;
+use crate::abi::memory::slice;
+
+use super::caller::{Ctx, HostCallResult, HostError, check_ret, copy_out_scratch, memory, put_u32, read_guest};
+
+/// `proxy_get_shared_data(key_data, key_size, return_value_data, return_value_size,
+/// return_cas)`: the value and its version (the CAS value); `NOT_FOUND` when absent.
+#[inline]
+pub(super) fn proxy_get_shared_data<B: Backend>(
+    c: &mut Ctx<'_, B>,
+    kp: i32,
+    kl: i32,
+    ret_ptr: i32,
+    ret_len: i32,
+    ret_cas: i32,
+) -> HostCallResult {
+    check_ret(c, ret_cas)?;
+    let mut key = std::mem::take(&mut c.data_mut().scratch2);
+    key.clear();
+    let mut cas = 0;
+    let r = read_guest(c, kp, kl, &mut key).map_err(HostError::from).and_then(|()| {
+        copy_out_scratch(c, ret_ptr, ret_len, |st, out| {
+            cas = st.shared.get(&st.plugin.vm_id, &key, out)?;
+            Ok(())
+        })
+    });
+    c.data_mut().scratch2 = key;
+    r?;
+    put_u32(c, ret_cas, cas)?;
+    Ok(())
+}
+
+/// `proxy_set_shared_data(key_data, key_size, value_data, value_size, cas)`: sets the value
+/// when `cas` is 0 or the key's current version; `CAS_MISMATCH` otherwise.
+#[inline]
+pub(super) fn proxy_set_shared_data<B: Backend>(
+    c: &mut Ctx<'_, B>,
+    kp: i32,
+    kl: i32,
+    vp: i32,
+    vl: i32,
+    cas: i32,
+) -> HostCallResult {
+    let memory = memory(c)?;
+    let (mem, st) = memory.data_and_store_mut(&mut *c);
+    let key = slice(mem, kp, kl)?;
+    let value = slice(mem, vp, vl)?;
+    st.shared.set(&st.plugin.vm_id, key, value, cas as u32)?;
+    Ok(())
+}
