@@ -7,6 +7,12 @@
 //! another version or an incompatible engine configuration. Anything else — truncated,
 //! corrupted, stale — is ignored (the module is compiled and the file rewritten) and reported
 //! in the [`CacheOutcome`], never logged here.
+//!
+//! This is the one module of the crate that cannot `#![forbid(unsafe_code)]`: loading
+//! compiled code back is wasmtime's `unsafe fn Module::deserialize` (it runs the bytes as
+//! machine code, which no check of ours can make safe in the compiler's eyes). The crate root
+//! denies `unsafe_code`; only `ModuleCompiler::load`, the function making that one call,
+//! allows it, with the argument in its SAFETY comment.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -172,6 +178,7 @@ impl ModuleCompiler {
     }
 
     /// `Ok(None)`: no file. `Err`: a file that must not be trusted, and why.
+    #[allow(unsafe_code)] // The crate's one `unsafe`: `Module::deserialize`, see SAFETY below.
     fn load(&self, path: &Path, key: &[u8; 32]) -> Result<Option<Module>, String> {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,

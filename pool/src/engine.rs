@@ -1,4 +1,5 @@
 //! Engine configuration: the one place where wasmtime is told how to run guests.
+#![forbid(unsafe_code)]
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -15,6 +15,13 @@
 //!   thread, with poisoning, off-path refill, cross-thread returns and counters.
 //!
 //! Everything is generic over the host state `T` that the ABI layer keeps in the `Store`.
+//!
+//! The crate has no `unsafe` but the one `Module::deserialize` in `cache.rs`: every other
+//! module forbids it (`#![forbid(unsafe_code)]`), and this root only denies it, because a
+//! crate-wide `forbid` could not be lifted for that one call.
+#![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+#![deny(unsafe_code)]
 
 mod cache;
 mod engine;

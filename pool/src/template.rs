@@ -1,4 +1,5 @@
 //! A compiled module with everything needed to make a ready VM from it.
+#![forbid(unsafe_code)]
 
 use std::sync::Arc;
 
