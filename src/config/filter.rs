@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::limits::{CALLBACK_DEADLINE_MS, DEFAULT_MAX_BODY_BYTES, Isolation, PAUSE_TIMEOUT_MS, POOL_SIZE, parse_size};
 use super::resolve;
+use super::schema::TopLevel;
 use super::upstream::Upstream;
 use super::yaml::{self, Field, Map, Mapping, Node};
 
@@ -108,7 +109,7 @@ pub fn parse_filter(
     config_dir: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<FilterConfig, String> {
-    let top = yaml::load(text)?.ok_or("the file is empty; expected a top-level `config:` map")?;
+    let top = yaml::load::<TopLevel>(text)?.ok_or("the file is empty; expected a top-level `config:` map")?;
     // Unknown keys are reported map by map in the order the maps are checked, each map's keys
     // in file order; unknown top-level keys are not reported.
     let mut unknown = Vec::new();

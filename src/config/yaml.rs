@@ -21,8 +21,6 @@ use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
-use super::schema::TopLevel;
-
 /// A key's value and the key as written (one of its aliases, say), `None` when absent.
 #[derive(Default)]
 pub(super) struct Field<T> {
@@ -407,10 +405,10 @@ thread_local! {
     static READING: RefCell<Reading> = RefCell::new(Reading::default());
 }
 
-/// Parses `text` into its first document (`None` if it has none; all must parse). Errors are
+/// Parses `text` (a filter file: `T` is its top level, `schema::TopLevel`) into its first document (`None` if it has none; all must parse). Errors are
 /// the parser's (syntax, a duplicate key, a key given under two of its names, the alias
 /// expansion budget), one line with the position.
-pub(super) fn load(text: &str) -> Result<Option<Mapping<TopLevel>>, String> {
+pub(super) fn load<T: serde::de::DeserializeOwned>(text: &str) -> Result<Option<Mapping<T>>, String> {
     READING.with(|r| *r.borrow_mut() = Reading { source: text.to_owned(), key: None });
     let mut options = serde_saphyr::Options::default();
     // As yaml-rust2: only true/false (any case) are booleans, `<<` is an ordinary key, `1_000`
@@ -420,7 +418,7 @@ pub(super) fn load(text: &str) -> Result<Option<Mapping<TopLevel>>, String> {
     options.underscored_numbers_as_strings = true;
     options.non_finite_float_policy = serde_saphyr::options::NonFiniteFloatPolicy::PassThrough;
     options.with_snippet = false;
-    let docs = serde_saphyr::from_multiple_with_options::<Mapping<TopLevel>>(text, options);
+    let docs = serde_saphyr::from_multiple_with_options::<Mapping<T>>(text, options);
     READING.with(|r| *r.borrow_mut() = Reading::default());
     let docs = docs.map_err(|e| format!("malformed YAML: {}", e.to_string().replace('\n', " ")))?;
     // serde-saphyr leaves out null documents; a file that has one (`---`, `~`) is not empty
