@@ -5,23 +5,15 @@
 mod harness;
 
 use std::collections::HashSet;
-use std::path::Path;
 
-use harness::{Ats, example_wasm};
-
-fn yaml(name: &str, wasm: &Path, configuration: &str) -> String {
-    format!(
-        "config:\n  name: \"{name}\"\n  root_id: \"{name}\"\n  configuration: '{configuration}'\n  vm_config:\n    code:\n      local:\n        filename: {}\n",
-        wasm.display()
-    )
-}
+use harness::{Ats, example_wasm, filter_yaml};
 
 fn deny_then_add_headers() -> Ats {
     Ats::builder()
         .net_threads(2)
         .config_file(
             "deny.yaml",
-            yaml(
+            filter_yaml(
                 "deny",
                 &example_wasm("deny"),
                 r#"{"path_prefixes": ["/admin"], "user_agents": ["evil-bot"], "status": 403, "body": "denied\n"}"#,
@@ -29,7 +21,7 @@ fn deny_then_add_headers() -> Ats {
         )
         .config_file(
             "local200.yaml",
-            yaml(
+            filter_yaml(
                 "local200",
                 &example_wasm("deny"),
                 r#"{"path_prefixes": ["/local-ok"], "status": 200, "body": "hello from wasm\n"}"#,
@@ -37,11 +29,15 @@ fn deny_then_add_headers() -> Ats {
         )
         .config_file(
             "redirect.yaml",
-            yaml("redirect", &example_wasm("deny"), r#"{"path_prefixes": ["/moved"], "status": 302, "body": ""}"#),
+            filter_yaml(
+                "redirect",
+                &example_wasm("deny"),
+                r#"{"path_prefixes": ["/moved"], "status": 302, "body": ""}"#,
+            ),
         )
         .config_file(
             "add.yaml",
-            yaml(
+            filter_yaml(
                 "add",
                 &example_wasm("add-headers"),
                 r#"{"request_headers": {"x-second": "ran"}, "response_headers": {"x-second": "ran"}}"#,
@@ -96,7 +92,7 @@ fn echo_ats(isolation: &str) -> Ats {
     let config = r#"{"request.path": "string", "request.url_path": "string", "request.query": "string", "request.host": "string", "request.scheme": "string", "request.method": "string", "request.protocol": "string", "request.useragent": "string", "request.referer": "string", "request.headers.x-custom": "string", "request.time": "int", "request.duration": "int", "source.address": "string", "source.port": "int", "destination.address": "string", "destination.port": "int", "connection.id": "int", "connection.mtls": "bool", "upstream.address": "string", "upstream.port": "int", "response.code": "int", "response.code_details": "string", "response.headers.content-type": "string", "plugin_name": "string", "plugin_root_id": "string", "no.such.property": "string", "@vm_id": "int"}"#;
     Ats::builder()
         .net_threads(2)
-        .config_file("echo.yaml", yaml("echo", &example_wasm("echo-properties"), config))
+        .config_file("echo.yaml", filter_yaml("echo", &example_wasm("echo-properties"), config))
         .plugin(&[&format!("--isolation={isolation}"), "echo.yaml"])
         .start()
 }
@@ -185,7 +181,7 @@ fn transaction_isolation_never_shares_a_vm_and_shared_isolation_reuses_the_threa
 fn ticker_ats(isolation: &str) -> Ats {
     Ats::builder()
         .net_threads(2)
-        .config_file("ticker.yaml", yaml("ticker", &example_wasm("ticker"), r#"{"period_ms": 50}"#))
+        .config_file("ticker.yaml", filter_yaml("ticker", &example_wasm("ticker"), r#"{"period_ms": 50}"#))
         .plugin(&[&format!("--isolation={isolation}"), "ticker.yaml"])
         .start()
 }
@@ -240,7 +236,7 @@ fn writable_properties_change_what_the_origin_sees() {
     let config = r#"{"=request.path": "/rewritten?by=property", "=request.method": "DELETE", "=request.headers.x-set-by": "property", "request.path": "string"}"#;
     let ats = Ats::builder()
         .net_threads(2)
-        .config_file("echo.yaml", yaml("echo", &example_wasm("echo-properties"), config))
+        .config_file("echo.yaml", filter_yaml("echo", &example_wasm("echo-properties"), config))
         .plugin(&["echo.yaml"])
         .start();
     let r = ats.get("/original");

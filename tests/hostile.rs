@@ -5,17 +5,9 @@
 
 mod harness;
 
-use std::path::Path;
 use std::time::Duration;
 
-use harness::{Ats, Client, example_wasm};
-
-fn yaml(name: &str, wasm: &Path, configuration: &str) -> String {
-    format!(
-        "config:\n  name: \"{name}\"\n  root_id: \"{name}\"\n  configuration: '{configuration}'\n  vm_config:\n    code:\n      local:\n        filename: {}\n",
-        wasm.display()
-    )
-}
+use harness::{Ats, Client, example_wasm, filter_yaml};
 
 /// The Prometheus endpoint's sample `name{labels}`, if present.
 fn sample(ats: &Ats, key: &str) -> Option<f64> {
@@ -43,7 +35,7 @@ fn header_writes_with_line_breaks_or_bad_names_are_refused_and_nothing_is_inject
         .net_threads(2)
         .config_file(
             "inject-request.yaml",
-            yaml(
+            filter_yaml(
                 "inject-request",
                 &example_wasm("add-headers"),
                 r#"{"request_headers": {"x-a": "1\r\nx-injected: evil"}}"#,
@@ -51,7 +43,7 @@ fn header_writes_with_line_breaks_or_bad_names_are_refused_and_nothing_is_inject
         )
         .config_file(
             "inject-response.yaml",
-            yaml(
+            filter_yaml(
                 "inject-response",
                 &example_wasm("add-headers"),
                 r#"{"response_headers": {"x-b": "2\nx-injected: evil\u0000"}}"#,
@@ -59,11 +51,11 @@ fn header_writes_with_line_breaks_or_bad_names_are_refused_and_nothing_is_inject
         )
         .config_file(
             "bad-name.yaml",
-            yaml("bad-name", &example_wasm("add-headers"), r#"{"request_headers": {"x-c\r\nx-injected": "3"}}"#),
+            filter_yaml("bad-name", &example_wasm("add-headers"), r#"{"request_headers": {"x-c\r\nx-injected": "3"}}"#),
         )
         .config_file(
             "good.yaml",
-            yaml(
+            filter_yaml(
                 "good",
                 &example_wasm("add-headers"),
                 r#"{"request_headers": {"x-good": "ok"}, "response_headers": {"x-good": "ok"}}"#,
@@ -131,7 +123,11 @@ fn refused_writes_are_reported_a_few_lines_a_minute_and_counted_exactly() {
         .net_threads(1)
         .config_file(
             "inject.yaml",
-            yaml("inject", &example_wasm("add-headers"), r#"{"request_headers": {"x-a": "1\r\nx-injected: evil"}}"#),
+            filter_yaml(
+                "inject",
+                &example_wasm("add-headers"),
+                r#"{"request_headers": {"x-a": "1\r\nx-injected: evil"}}"#,
+            ),
         )
         .plugin(&["inject.yaml"])
         .start();

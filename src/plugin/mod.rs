@@ -23,6 +23,7 @@
 //!   `http_call`: sending calls and delivering their responses; `effects`: applying a
 //!   callback's outbox; `chain`: the request / response / close runners; `body`: body
 //!   transforms; [`startup`]: `init`.
+#![forbid(unsafe_code)]
 
 pub mod backend;
 mod body;

@@ -110,6 +110,15 @@ pub fn example_wasm(name: &str) -> PathBuf {
     repo_root().join("examples/target/wasm32-unknown-unknown/release").join(format!("{}.wasm", name.replace('-', "_")))
 }
 
+/// A filter YAML in the upstream plugin's format: `name` (also its `root_id`), the plugin
+/// `configuration` string (single-quoted in YAML), and the module at `wasm`.
+pub fn filter_yaml(name: &str, wasm: &Path, configuration: &str) -> String {
+    format!(
+        "config:\n  name: \"{name}\"\n  root_id: \"{name}\"\n  configuration: '{configuration}'\n  vm_config:\n    code:\n      local:\n        filename: {}\n",
+        wasm.display()
+    )
+}
+
 /// A loopback port that was free a moment ago (bind 127.0.0.1:0, read the port, close).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("binding 127.0.0.1:0")
