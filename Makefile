@@ -1,4 +1,4 @@
-# ats-wasm — the two commands a fresh Debian 12 needs: `make demo` and `make test`.
+# ats-wasm — the two commands a fresh Debian 12 needs: `make demo` and `make test` (operators: `make deb`).
 SHELL := /bin/bash
 CARGO ?= $(shell command -v cargo 2>/dev/null || echo /usr/bin/cargo)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -12,7 +12,7 @@ APT_PACKAGES := trafficserver trafficserver-dev libclang-dev rustc-web cargo-web
 	rust-web-src rust-web-llvm lld-22 wasi-libc clang-22 libclang-rt-22-dev-wasm32 \
 	libc++-22-dev-wasm32 curl openssl python3 make prometheus
 
-.PHONY: all deps build plugin examples test lint demo clean bench bench-instructions native-plugin
+.PHONY: all deps build plugin examples test lint demo clean bench bench-instructions native-plugin deb deb-pack
 
 all: build
 
@@ -63,6 +63,36 @@ bench-instructions: deps build native-plugin
 native-plugin:
 	$(CARGO) build --release --locked --manifest-path benches/native-plugin/Cargo.toml --target-dir target/native-plugin
 
+# The Debian package (docs/packaging.md): ats-wasm_<version>_amd64.deb in the repository root,
+# packed by cargo-deb from the release build and the example modules (no second build), then
+# checked by lintian (errors and warnings fail). cargo-deb is pinned and installed from
+# crates.io into target/tools on first use; dpkg-dev (dpkg-shlibdeps for the libc dependency),
+# binutils (strip) and lintian come from Debian. CARGO_DEB_FLAGS=--fast trades a larger file
+# for a third of the packing time (tests/deb_package.rs uses it).
+CARGO_DEB_FLAGS ?=
+CARGO_DEB_VERSION := 3.8.0
+CARGO_DEB_ROOT := target/tools/cargo-deb-$(CARGO_DEB_VERSION)
+CARGO_DEB := $(CARGO_DEB_ROOT)/bin/cargo-deb
+DEB_APT_PACKAGES := dpkg-dev binutils lintian
+
+deb: deps build
+	$(MAKE) deb-pack
+
+# The package from what `make build` left in target/ and examples/target (builds nothing).
+deb-pack: $(CARGO_DEB)
+	@missing=$$(for p in $(DEB_APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	rm -f ats-wasm_*.deb
+	packaging/deb/stage.sh target/deb-stage
+	CARGO=$(CARGO) $(CARGO_DEB) --no-build --locked --strip $(CARGO_DEB_FLAGS) --output .
+	lintian --fail-on error,warning --display-info ats-wasm_*.deb
+
+$(CARGO_DEB):
+	$(CARGO) install --locked --version =$(CARGO_DEB_VERSION) --root $(CARGO_DEB_ROOT) cargo-deb
+
 clean:
 	$(CARGO) clean
-	rm -rf examples/target .demo
+	rm -rf examples/target .demo ats-wasm_*.deb
