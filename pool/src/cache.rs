@@ -148,7 +148,8 @@ impl ModuleCompiler {
         let key: [u8; 32] = Sha256::digest(wasm).into();
         let hash = hex(&key);
         // Holding the lock while compiling makes a second caller with the same module wait for
-        // the first instead of compiling it again. Compilation happens at startup only.
+        // the first instead of compiling it again. Compilation happens at start-up and on reloads,
+        // never on a net thread.
         let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(m) = compiled.get(&key) {
             return Ok(CompiledModule { module: m.clone(), hash, cache: CacheOutcome::InProcess });
@@ -163,6 +164,14 @@ impl ModuleCompiler {
         };
         compiled.insert(key, module.clone());
         Ok(CompiledModule { module, hash, cache })
+    }
+
+    /// Forgets the in-process compiled modules whose SHA-256 (lowercase hex) `keep` rejects
+    /// (their code is freed once nothing else holds them), so replacing modules does not grow
+    /// the process without bound.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+        compiled.retain(|k, _| keep(&hex(k)));
     }
 
     fn compile_and_store(

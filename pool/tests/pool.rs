@@ -421,3 +421,37 @@ fn for_each_local_visits_only_this_threads_live_shared_vms() {
     let n = std::thread::spawn(move || other.for_each_local(|_, _| {})).join().unwrap();
     assert_eq!(n, 0, "another thread sees only its own (empty) pool");
 }
+
+#[test]
+fn retire_visits_every_vm_the_pool_holds_on_every_thread_once() {
+    let engine = new_engine(&opts()).unwrap();
+    let f = fixture(&engine, WAT, ok_init()).unwrap();
+    // Shared: two threads with two VMs each.
+    let mut shared = pool(&f, Isolation::Shared, 2);
+    // Both threads alive at once: a thread that exited leaves its pool to the next one.
+    let barrier = Barrier::new(2);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                shared.refill(usize::MAX);
+                barrier.wait();
+            });
+        }
+    });
+    let mut seen = 0;
+    assert_eq!(shared.retire(|vm| seen += usize::from(read(vm).is_ok())), 4);
+    assert_eq!(seen, 4);
+
+    // Transaction: this thread's two ready VMs, plus one leased here and released on another
+    // thread (waiting in the returns queue); a lease still out is not reached.
+    let mut txn = pool(&f, Isolation::Transaction, 2);
+    txn.refill(usize::MAX);
+    let sent_home = txn.lease().unwrap();
+    let kept = txn.lease().unwrap();
+    txn.refill(usize::MAX);
+    std::thread::scope(|s| {
+        s.spawn(|| txn.release(sent_home));
+    });
+    assert_eq!(txn.retire(|vm| mark(vm, 7).unwrap()), 3);
+    drop(kept);
+}

@@ -10,6 +10,8 @@ use ats_wasm_pool::PoolError;
 use super::backend::{self, PendingLocalResponse};
 use super::delivery;
 use super::diags::one_line;
+use super::filter::Filter;
+use super::generation;
 use super::live;
 use super::stream::{Phase, StreamControl, TxnStream};
 use super::{FilterCtx, Plugin, TxnState};
@@ -59,8 +61,10 @@ impl Plugin {
             Self::internal_request(txn, self.cont);
             return Resume::Continue;
         }
-        self.ensure_timers();
-        let mut state = TxnState { contexts: Vec::with_capacity(self.filters.len()), ..TxnState::empty() };
+        let Some(generation) = delivery::pin() else {
+            return Resume::Continue;
+        };
+        let mut state = TxnState::new(generation);
         let resume = self.run_request_filters(txn, &mut state, 0);
         self.finish_request_phase(txn, state, resume)
     }
@@ -69,7 +73,7 @@ impl Plugin {
     /// context in it.
     pub(super) fn finish_request_phase(&self, txn: Txn, mut state: TxnState, resume: Resume) -> Resume {
         if state.contexts.is_empty() && state.paused.is_none() {
-            self.refill();
+            Self::refill(&state.generation.filters);
             return resume;
         }
         if !state.hooks_added {
@@ -80,7 +84,7 @@ impl Plugin {
         if resume == Resume::Continue {
             self.install_body_transforms(txn, &mut state);
         }
-        if state.contexts.iter().any(|c| self.filters[c.filter].owns_vms()) {
+        if state.contexts.iter().any(|c| state.generation.filters[c.filter].owns_vms()) {
             delivery::own_vms_opened(txn);
         }
         self.slot.put(txn, state);
@@ -95,7 +99,8 @@ impl Plugin {
             None => (0, true),
         };
         let stream = TxnStream { txn, phase: Phase::Request };
-        for (i, f) in self.filters.iter().enumerate().skip(from) {
+        let generation = state.generation.clone();
+        for (i, f) in generation.filters.iter().enumerate().skip(from) {
             let mut lease = match f.pool.lease() {
                 Ok(l) => {
                     f.metrics.request();
@@ -195,11 +200,12 @@ impl Plugin {
         };
         let phase = if state.bodies.has_response_transform() { Phase::ResponseTransformed } else { Phase::Response };
         let stream = TxnStream { txn, phase };
+        let generation = state.generation.clone();
         let mut i = from.min(state.contexts.len());
         while i > 0 {
             i -= 1;
             let fc = &mut state.contexts[i];
-            let f = &self.filters[fc.filter];
+            let f = &generation.filters[fc.filter];
             let ctx = fc.ctx;
             let r = f.pool.with_leased(&mut fc.lease, |vm| {
                 guest::attach_stream(vm, ctx, stream);
@@ -254,8 +260,9 @@ impl Plugin {
             return;
         };
         let stream = TxnStream { txn, phase: Phase::Close };
+        let generation = state.generation;
         for mut fc in state.contexts {
-            let f = &self.filters[fc.filter];
+            let f = &generation.filters[fc.filter];
             let ctx = fc.ctx;
             let r = f.pool.with_leased(&mut fc.lease, |vm| {
                 let st = vm.store.data_mut();
@@ -295,14 +302,20 @@ impl Plugin {
             }
         }
         live::forget(txn);
-        self.refill();
+        // The pools new transactions of this thread will lease from (the transaction's own
+        // generation may be retiring).
+        if let Some(current) = generation::adopted() {
+            Self::refill(&current.filters);
+        }
+        // Last: when this was the last holder of a retired generation, it retires here.
+        drop(generation);
     }
 
     /// Tops this thread's pools back up to their size (fresh VMs for `transaction` isolation,
     /// replacements for poisoned `shared` VMs). Runs after a transaction's response, so the
     /// cost is off every request path.
-    pub(super) fn refill(&self) {
-        for f in &self.filters {
+    pub(super) fn refill(filters: &[Filter]) {
+        for f in filters {
             let r = f.pool.refill(f.pool_size);
             if let Some(e @ PoolError::Init(_)) = &r.error {
                 log::error(

@@ -1,10 +1,17 @@
 //! Per-thread delivery: the work a net thread does for its own VMs outside any one
-//! transaction's hooks — tick timers, the shared-queue mailbox, and the list of transactions
-//! that own VMs (`transaction` isolation), through which queue notices reach those VMs.
+//! transaction's hooks — adopting a new generation ([`pin`], [`adopt_everywhere`]), tick
+//! timers, the shared-queue mailbox, and the list of transactions that own VMs
+//! (`transaction` isolation), through which queue notices reach those VMs.
+//!
+//! Ticks: each thread runs one timer per filter of its generation that asked for ticks, as a
+//! chain of one-shot timers, so each next delay can be chosen: the period after a tick that
+//! succeeded, an exponential backoff (1 s, 2 s, 4 s … 60 s, never less than the period) after
+//! ticks that failed in a row. A timer whose generation is no longer the thread's stops.
 #![forbid(unsafe_code)]
 
 use std::cell::{Cell, RefCell};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use ats_wasm_pool::VmPool;
 
@@ -12,16 +19,39 @@ use super::backend::AtsBackend;
 use super::diags::one_line;
 use super::failure::failure_kind;
 use super::filter::Filter;
+use super::generation::{self, Generation, Pinned};
 use super::live::TxnId;
 use super::{PLUGIN, Plugin};
 use crate::abi::{HostState, QueueTarget, guest};
-use crate::ts::hooks::{EventThread, TimerHandler, every_on_this_thread};
+use crate::ts::hooks::{EventThread, TimerHandler};
 use crate::ts::log;
 use crate::ts::txn::Txn;
 
+/// One running tick timer of this thread: its generation and filter, and how many of its
+/// ticks in a row failed.
+#[derive(Clone, Copy)]
+struct Ticker {
+    generation: u64,
+    filter: usize,
+    failures: u32,
+}
+
+/// The longest wait between ticks of a filter whose ticks keep failing.
+const MAX_TICK_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The delay before the next tick after `failures` failed ticks in a row: the period, or
+/// 1 s doubled per further failure up to [`MAX_TICK_BACKOFF`] (never less than the period).
+fn tick_delay(period: Duration, failures: u32) -> Duration {
+    if failures == 0 {
+        return period;
+    }
+    let backoff = Duration::from_secs(1u64 << (failures - 1).min(6)).min(MAX_TICK_BACKOFF);
+    backoff.max(period)
+}
+
 thread_local! {
-    /// Which filters' timers run on this thread.
-    static TIMERS_STARTED: RefCell<Vec<bool>> = const { RefCell::new(Vec::new()) };
+    /// This thread's tick timers, by timer data (a freed entry is reused).
+    static TICKERS: RefCell<Vec<Option<Ticker>>> = const { RefCell::new(Vec::new()) };
     /// This thread's index in [`THREADS`], once registered.
     static THREAD_INDEX: Cell<Option<usize>> = const { Cell::new(None) };
     /// Open transactions of this thread with contexts in VMs of their own (`transaction`
@@ -99,13 +129,93 @@ impl TimerHandler for QueueDelivery {
     }
 }
 
-/// The per-thread tick timers; the timer data is the filter's index.
-struct Timers;
+/// This thread's generation for a new transaction. A thread that adopts a newer generation
+/// (its first, or after a reload) registers for queue notices and starts that generation's
+/// tick timers here.
+pub(super) fn pin() -> Option<Pinned> {
+    let (g, adopted) = generation::pinned()?;
+    if adopted {
+        register_thread();
+        start_tickers(&g);
+    }
+    Some(g)
+}
 
-impl TimerHandler for Timers {
-    fn on_timer(filter: usize) {
-        if let Some(p) = PLUGIN.get() {
-            p.tick(filter);
+/// A reload published a generation: every known net thread adopts it soon, transactions or
+/// not, so its ticks start and the old one's stop.
+pub(super) fn adopt_everywhere() {
+    for (thread, _) in threads().iter() {
+        thread.run_once::<Adopt>(0);
+    }
+}
+
+/// Adopts the current generation on this thread (see [`adopt_everywhere`]).
+struct Adopt;
+
+impl TimerHandler for Adopt {
+    fn on_timer(_: usize) {
+        pin();
+    }
+}
+
+/// Starts this thread's tick timers for the filters of `g` that asked for ticks.
+fn start_tickers(g: &Generation) {
+    let Some(thread) = EventThread::current() else { return };
+    for (i, f) in g.filters.iter().enumerate() {
+        let Some(period) = f.tick_period else { continue };
+        let ticker = Ticker { generation: g.number, filter: i, failures: 0 };
+        let slot = TICKERS.with(|t| {
+            let mut t = t.borrow_mut();
+            match t.iter().position(Option::is_none) {
+                Some(free) => {
+                    t[free] = Some(ticker);
+                    free
+                }
+                None => {
+                    t.push(Some(ticker));
+                    t.len() - 1
+                }
+            }
+        });
+        if !thread.run_after::<Tick>(period, slot) {
+            TICKERS.with(|t| t.borrow_mut()[slot] = None);
+            log::error(format!("ats_wasm: filter \"{}\": cannot start its timer", f.name).as_bytes());
+        }
+    }
+}
+
+/// One tick timer went off; the timer data is its entry in [`TICKERS`].
+struct Tick;
+
+impl TimerHandler for Tick {
+    fn on_timer(slot: usize) {
+        let Some(ticker) = TICKERS.with(|t| t.borrow().get(slot).copied().flatten()) else { return };
+        let stop = || TICKERS.with(|t| t.borrow_mut()[slot] = None);
+        // Adopts a newer generation first (starting its timers): this one then stops.
+        let (Some(g), Some(p)) = (pin(), PLUGIN.get()) else { return stop() };
+        let Some(f) = g.filters.get(ticker.filter).filter(|_| g.number == ticker.generation) else {
+            return stop();
+        };
+        let Some(period) = f.tick_period else { return stop() };
+        if log::debug_enabled() {
+            log::debug(format!("[{}] proxy_on_tick (tick of generation {})", f.name, g.number).as_bytes());
+        }
+        let failures = if p.tick(&g, ticker.filter) { 0 } else { ticker.failures.saturating_add(1) };
+        let delay = tick_delay(period, failures);
+        if failures > 0 && delay > period {
+            log::warning(
+                format!(
+                    "ats_wasm: filter \"{}\": proxy_on_tick failed {failures} times in a row; next tick in {} s",
+                    f.name,
+                    delay.as_secs()
+                )
+                .as_bytes(),
+            );
+        }
+        TICKERS.with(|t| t.borrow_mut()[slot] = Some(Ticker { failures, ..ticker }));
+        match EventThread::current() {
+            Some(thread) if thread.run_after::<Tick>(delay, slot) => {}
+            _ => stop(),
         }
     }
 }
@@ -121,53 +231,32 @@ fn queue_ready_in(vm: &mut guest::ProxyVm<AtsBackend>, targets: &[QueueTarget]) 
 }
 
 impl Plugin {
-    /// Starts this thread's timers for the filters whose modules asked for ticks (once per
-    /// thread and filter).
-    pub(super) fn ensure_timers(&self) {
-        register_thread();
-        TIMERS_STARTED.with(|started| {
-            let mut started = started.borrow_mut();
-            if started.len() == self.filters.len() {
-                return;
-            }
-            started.resize(self.filters.len(), false);
-            for (i, f) in self.filters.iter().enumerate() {
-                if let Some(period) = f.tick_period
-                    && !started[i]
-                {
-                    started[i] = true;
-                    if !every_on_this_thread::<Timers>(period, i) {
-                        log::error(format!("ats_wasm: filter \"{}\": cannot start its timer", f.name).as_bytes());
-                    }
-                }
-            }
-        });
-    }
-
-    /// One tick of filter `i` on this thread: `proxy_on_tick` of every VM of this thread that
-    /// asked for ticks, then what those ticks asked for.
-    fn tick(&self, i: usize) {
-        let Some(f) = self.filters.get(i) else { return };
+    /// One tick of filter `i` of `g` on this thread: `proxy_on_tick` of every VM of this
+    /// thread that asked for ticks, then what those ticks asked for. False when a VM's tick
+    /// failed.
+    fn tick(&self, g: &Generation, i: usize) -> bool {
+        let Some(f) = g.filters.get(i) else { return true };
         let pool = f.tick_pool.as_ref().unwrap_or(&f.pool);
         if f.tick_pool.is_some() {
             pool.refill(1);
         }
-        self.run_in_local_vms(f, pool, "proxy_on_tick", |vm| {
+        let failed = self.run_in_local_vms(f, pool, "proxy_on_tick", |vm| {
             if vm.store.data().tick_period().is_some() { guest::on_tick(vm) } else { Ok(()) }
         });
         self.apply_deferred();
+        failed == 0
     }
 
     /// Runs `callback` (named `what` for diags.log) in each of this thread's VMs of `pool`, a
     /// pool of filter `f`, and applies what each asked for; a VM where it fails is poisoned
-    /// (replaced on refill), counted and reported in one line.
+    /// (replaced on refill), counted and reported in one line. Returns how many failed.
     pub(super) fn run_in_local_vms(
         &self,
         f: &Filter,
         pool: &VmPool<HostState<AtsBackend>>,
         what: &str,
         mut callback: impl FnMut(&mut guest::ProxyVm<AtsBackend>) -> wasmtime::Result<()>,
-    ) {
+    ) -> usize {
         let mut failed = Vec::new();
         let mut asked = Vec::new();
         pool.for_each_local(|r, vm| {
@@ -180,21 +269,26 @@ impl Plugin {
         for outbox in asked {
             self.settle(None, outbox);
         }
+        let n = failed.len();
         for (r, e) in failed {
             pool.poison(r);
-            f.metrics.callback_failed(failure_kind(&e, None, self.max_memory_bytes).1);
+            f.metrics.callback_failed(failure_kind(&e, None, self.loader.max_memory_bytes).1);
             log::error(
                 format!("ats_wasm: filter \"{}\": {what} failed: {}; the VM is replaced", f.name, one_line(&e))
                     .as_bytes(),
             );
         }
+        n
     }
 
     /// Runs `proxy_on_queue_ready` in this thread's VMs that registered the queues of
     /// `targets` (shared VMs and per-thread root VMs; a VM that is gone misses it, and the
     /// item stays queued).
     fn deliver_queue_ready(&self, targets: &[QueueTarget]) {
-        for f in &self.filters {
+        // This thread's generation: VMs of a retiring one that registered a queue miss the
+        // notice (the item stays queued for the current generation's VMs).
+        let generation = generation::adopted();
+        for f in generation.iter().flat_map(|g| g.filters.iter()) {
             for pool in [Some(&f.pool), f.tick_pool.as_ref()].into_iter().flatten() {
                 self.run_in_local_vms(f, pool, "proxy_on_queue_ready", |vm| queue_ready_in(vm, targets));
             }
@@ -203,10 +297,11 @@ impl Plugin {
         let txns: Vec<Txn> = OWN_VM_TXNS.with(|t| t.borrow().iter().filter_map(|id| id.txn()).collect());
         for txn in txns {
             self.slot.with(txn, |state| {
+                let generation = state.generation.clone();
                 let mut i = 0;
                 while i < state.contexts.len() {
                     let fc = &mut state.contexts[i];
-                    let f = &self.filters[fc.filter];
+                    let f = &generation.filters[fc.filter];
                     if !f.owns_vms() {
                         // A shared VM: reached through its pool above.
                         i += 1;

@@ -59,7 +59,7 @@ impl Plugin {
         let memory = f.pool.with_leased(&mut lease, memory_size).ok().flatten();
         f.pool.poison_leased(&mut lease);
         f.pool.release(lease);
-        let (why, reason) = failure_kind(err, memory, self.max_memory_bytes);
+        let (why, reason) = failure_kind(err, memory, self.loader.max_memory_bytes);
         f.metrics.callback_failed(reason);
         self.failed(f, &format!("{what} ({why})"), err)
     }

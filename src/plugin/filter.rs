@@ -10,7 +10,7 @@ use ats_wasm_pool::{
 
 use super::backend::AtsBackend;
 use super::diags::one_line;
-use super::telemetry::{Exporter, FilterMetrics};
+use super::telemetry::FilterMetrics;
 use crate::abi::{HostState, PluginInfo, guest, linker_for, validate_module};
 use crate::config::{Bodies, FilterConfig, Isolation, PluginArgs};
 use crate::ts::log;
@@ -37,20 +37,23 @@ pub(crate) struct Filter {
     pub(crate) max_body_bytes: usize,
     /// `config.cache_transformed`: whether its transformed responses replace the cached copy.
     pub(crate) cache_transformed: bool,
-    /// Its counters and callback timings.
+    /// Its counters and callback timings (the same across reloads for one filter name).
     pub(crate) metrics: Arc<FilterMetrics>,
+    /// The SHA-256 of its module's bytes, in lowercase hex.
+    pub(crate) module_hash: String,
 }
 
 impl Filter {
     /// Compiles the filter's module once, links it, and proves it can start by creating one VM
-    /// and running its initializer (`proxy_on_vm_start`, `proxy_on_configure`). The error is
-    /// one line saying what is wrong with the module.
+    /// and running its initializer (`proxy_on_vm_start`, `proxy_on_configure`). `metrics` are
+    /// its counters (kept across reloads by the caller). The error is one line saying what is
+    /// wrong with the module.
     pub(crate) fn load(
         engine: &WasmEngine,
         compiler: &ModuleCompiler,
         cfg: FilterConfig,
         args: &PluginArgs,
-        exporter: Option<&Exporter>,
+        metrics: Arc<FilterMetrics>,
     ) -> Result<Self, String> {
         let isolation = match cfg.isolation.unwrap_or(args.isolation) {
             Isolation::Shared => PoolIsolation::Shared,
@@ -72,6 +75,7 @@ impl Filter {
             CacheOutcome::Disabled | CacheOutcome::InProcess => log::debug(line.as_bytes()),
         }
         let module = compiled.module;
+        let module_hash = compiled.hash;
         validate_module(&module).map_err(|e| format!("invalid module {}: {e}", path.display()))?;
         let linker = linker_for::<AtsBackend>(&module)
             .map_err(|e| format!("cannot link module {}: {}", path.display(), one_line(&e)))?;
@@ -79,7 +83,6 @@ impl Filter {
             .instantiate_pre(&module)
             .map_err(|e| format!("cannot link module {}: {}", path.display(), one_line(&e)))?;
 
-        let metrics = FilterMetrics::new(&cfg.name, exporter);
         let info = Arc::new(PluginInfo {
             name: cfg.name.clone(),
             root_id: cfg.root_id.clone(),
@@ -127,7 +130,33 @@ impl Filter {
             max_body_bytes: cfg.max_body_bytes,
             cache_transformed: cfg.cache_transformed,
             metrics,
+            module_hash,
         })
+    }
+
+    /// Ends the root context of every VM its pools still hold (`proxy_on_done`, `proxy_on_log`,
+    /// `proxy_on_delete`, as the spec orders them) when its generation retires; returns how many
+    /// VMs it reached. A guest that fails here is only logged: the VM goes either way.
+    pub(crate) fn retire(&mut self) -> usize {
+        let name = &self.name;
+        let mut end = |vm: &mut guest::ProxyVm<AtsBackend>| {
+            if let Err(e) = guest::shutdown(vm) {
+                log::debug(format!("[{name}] ending the root context failed: {}", one_line(&e)).as_bytes());
+            }
+        };
+        let mut n = self.pool.retire(&mut end);
+        if let Some(p) = self.tick_pool.as_mut() {
+            n += p.retire(&mut end);
+        }
+        n
+    }
+
+    /// The isolation its pool runs in, as the YAML spells it.
+    pub(crate) fn isolation(&self) -> &'static str {
+        match self.pool.config().isolation {
+            PoolIsolation::Shared => "shared",
+            PoolIsolation::Transaction => "transaction",
+        }
     }
 
     /// Whether the filter's contexts live in VMs of their transaction's own (`transaction`

@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use super::backend::OutgoingCall;
 use super::backend::call_request::{CALL_FAILED, CALL_MARKER};
 use super::diags::one_line;
+use super::generation::{self, Pinned};
 use super::live::TxnId;
 use super::stream::{Phase, TxnStream};
 use super::{PLUGIN, Plugin};
@@ -45,6 +46,9 @@ struct Pending {
     token: u32,
     /// The transaction of the stream context that made it; `None` for the root context.
     txn: Option<TxnId>,
+    /// A root context's call: the generation of its VM, kept alive until the answer (a stream
+    /// context's transaction holds its own).
+    generation: Option<Pinned>,
 }
 
 thread_local! {
@@ -66,7 +70,8 @@ pub(super) fn send(call: OutgoingCall) {
         n.set(id.wrapping_add(1).max(1));
         id
     });
-    let pending = Pending { vm: call.vm, token: call.token, txn: call.txn.map(TxnId::of) };
+    let generation = if call.txn.is_none() { generation::adopted() } else { None };
+    let pending = Pending { vm: call.vm, token: call.token, txn: call.txn.map(TxnId::of), generation };
     PENDING.with(|p| p.borrow_mut().insert(id, pending));
     let headers: Vec<(&[u8], &[u8])> = call.headers.iter().map(|(k, v)| (&k[..], &v[..])).collect();
     let fr = FetchRequest {
@@ -192,7 +197,8 @@ impl Plugin {
     /// tick VM of a `transaction`-isolation filter).
     fn deliver_root_call(&self, pending: &Pending, response: HttpCallResponse) {
         let mut response = Some(response);
-        for f in &self.filters {
+        let Some(generation) = pending.generation.clone().or_else(generation::adopted) else { return };
+        for f in &generation.filters {
             for pool in [Some(&f.pool), f.tick_pool.as_ref()].into_iter().flatten() {
                 let mut failed = None;
                 let mut asked = None;
@@ -236,9 +242,10 @@ impl Plugin {
         // somewhere ATS is running it, so the guest only reads (as from `proxy_on_log`).
         let phase = state.paused.as_ref().map_or(Phase::Close, |p| p.phase);
         let stream = TxnStream { txn, phase };
+        let generation = state.generation.clone();
         let mut found = None;
         for (i, fc) in state.contexts.iter_mut().enumerate() {
-            let f = &self.filters[fc.filter];
+            let f = &generation.filters[fc.filter];
             if f.pool.with_leased(&mut fc.lease, |vm| vm.store.data().vm_uid()).ok() == Some(pending.vm) {
                 found = Some(i);
                 break;
@@ -250,7 +257,7 @@ impl Plugin {
             return;
         };
         let fc = &mut state.contexts[i];
-        let f = &self.filters[fc.filter];
+        let f = &generation.filters[fc.filter];
         let ctx = fc.ctx;
         let r = f.pool.with_leased(&mut fc.lease, |vm| {
             guest::attach_stream(vm, ctx, stream);

@@ -2,7 +2,9 @@
 //! Proxy-Wasm callbacks.
 //!
 //! Each configured filter has one compiled module and a [`VmPool`](ats_wasm_pool::VmPool)
-//! with VMs per net thread. At `READ_REQUEST_HDR` every filter, in `plugin.config` order,
+//! with VMs per net thread; the filters of one configuration form a generation, replaced as a
+//! whole by a reload. At `READ_REQUEST_HDR` the transaction pins its thread's generation and
+//! every filter, in `plugin.config` order,
 //! leases a VM from its current thread's pool (`shared`: one of the thread's long-lived VMs;
 //! `transaction`: a fresh VM of its own), gets a stream context in it and runs
 //! `proxy_on_request_headers`; at `SEND_RESPONSE_HDR` the filters run
@@ -18,11 +20,13 @@
 //! - [`telemetry`]: counters, callback timing and the Prometheus endpoint; `filter`: one loaded
 //!   filter (module, pools, settings);
 //! - this file: [`Plugin`], the per-transaction state and the hook entry;
-//! - `failure`: the failure policy; `delivery`: per-thread work (ticks, shared-queue
-//!   mailboxes, transactions owning VMs); `pause`: the pause state machine;
+//! - `generation`: the filters of one configuration, pinned by each transaction; `failure`:
+//!   the failure policy; `delivery`: per-thread work (adopting generations, ticks,
+//!   shared-queue mailboxes, transactions owning VMs); `pause`: the pause state machine;
 //!   `http_call`: sending calls and delivering their responses; `effects`: applying a
 //!   callback's outbox; `chain`: the request / response / close runners; `body`: body
-//!   transforms; [`startup`]: `init`.
+//!   transforms; [`startup`]: `init` and the filter loader; `reload`: reload triggers,
+//!   building and publishing a new generation, status.
 #![forbid(unsafe_code)]
 
 pub mod backend;
@@ -33,35 +37,35 @@ pub mod diags;
 mod effects;
 mod failure;
 mod filter;
+mod generation;
 mod http_call;
 pub mod live;
 mod pause;
 pub mod properties;
+mod reload;
 pub mod startup;
 pub mod stream;
 pub mod telemetry;
 
 use std::sync::OnceLock;
 
-use ats_wasm_pool::{LeasedVm, WasmEngine};
+use ats_wasm_pool::LeasedVm;
 
 use crate::abi::HostState;
 use crate::ts::hooks::{HttpHook, TxnCont, TxnHandler, TxnTimer};
 use crate::ts::txn::{Resume, Txn, TxnSlot};
 use backend::AtsBackend;
 use body::state::TxnBodies;
-use filter::Filter;
+use generation::Pinned;
 use stream::Phase;
 
-/// Everything the hooks need, set once by [`startup::init`].
+/// Everything the hooks need, set once by [`startup::init`]. The filters are not here: they
+/// belong to a [`generation`], which a transaction pins at its start.
 struct Plugin {
-    filters: Vec<Filter>,
-    /// The per-VM memory cap (`--max-memory`).
-    max_memory_bytes: usize,
     slot: TxnSlot<TxnState>,
     cont: TxnCont,
-    /// Dropped last: its ticker drives every VM's deadline.
-    _engine: WasmEngine,
+    /// Builds filters (start-up, reloads); owns the engine, so it is dropped last.
+    loader: startup::Loader,
 }
 
 static PLUGIN: OnceLock<Plugin> = OnceLock::new();
@@ -73,9 +77,13 @@ struct FilterCtx {
     ctx: u32,
 }
 
-/// Per-transaction state: the live contexts, in chain order, the extra headers of a local
-/// response a filter sent from the request phase, and where the transaction is parked.
+/// Per-transaction state: its generation, the live contexts, in chain order, the extra headers
+/// of a local response a filter sent from the request phase, and where the transaction is
+/// parked.
 struct TxnState {
+    /// The generation pinned at `READ_REQUEST_HDR`; every `filter` index below is into its
+    /// filters, and it stays alive (with its VMs) while the transaction does.
+    generation: Pinned,
     contexts: Vec<FilterCtx>,
     local_response_headers: Option<Vec<(Vec<u8>, Vec<u8>)>>,
     paused: Option<Paused>,
@@ -84,9 +92,10 @@ struct TxnState {
 }
 
 impl TxnState {
-    fn empty() -> Self {
+    fn new(generation: Pinned) -> Self {
         TxnState {
-            contexts: Vec::new(),
+            contexts: Vec::with_capacity(generation.filters.len()),
+            generation,
             local_response_headers: None,
             paused: None,
             hooks_added: false,

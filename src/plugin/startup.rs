@@ -1,16 +1,22 @@
 //! Start-up: `TSPluginInit`'s work — registration, arguments, filter files, the engine, the
-//! filters, the metrics endpoint and the global hook.
+//! filters (generation 1), the metrics endpoint, the global hook and the reload triggers —
+//! and the [`Loader`] that builds filters again for each reload.
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ats_wasm_pool::{EngineOptions, ModuleCompiler, WasmEngine};
 
 use super::diags::one_line;
 use super::filter::Filter;
-use super::telemetry;
+use super::generation::{self, Generation};
+use super::reload;
+use super::telemetry::{self, Exporter, FilterMetrics};
 use super::{Hooks, PLUGIN, Plugin};
-use crate::config;
+use crate::config::{self, FilterConfig, PluginArgs};
 use crate::ts::hooks::{HttpHook, TxnCont};
 use crate::ts::log;
 use crate::ts::txn::TxnSlot;
@@ -22,9 +28,10 @@ fn epoch_tick_for(shortest_deadline_ms: u64) -> Duration {
     Duration::from_micros((shortest_deadline_ms * 100).clamp(1_000, 10_000))
 }
 
-/// Plugin entry: registers, parses arguments and filter files, loads modules, installs hooks.
-/// Every problem is one `TSError` line; the plugin then runs without the broken part (or, for
-/// bad arguments or no usable filter, without hooks) and ATS keeps serving.
+/// Plugin entry: registers, parses arguments and filter files, loads modules, publishes
+/// generation 1, installs hooks and the reload triggers. Every problem is one `TSError` line;
+/// the plugin then runs without the broken part (or, for bad arguments or no usable filter,
+/// without hooks) and ATS keeps serving.
 pub fn init(args: &[String]) {
     if !crate::ts::plugin::register(c"ats_wasm", c"ats-wasm", c"ats-wasm@users.noreply.invalid") {
         log::error(b"ats_wasm: plugin registration failed; the plugin is disabled");
@@ -38,24 +45,7 @@ pub fn init(args: &[String]) {
             return;
         }
     };
-
-    let mut configs = Vec::new();
-    for path in &args.yaml_files {
-        let cfg = match config::load_filter(path, &config_dir, &|k| std::env::var(k).ok()) {
-            Ok(c) => c,
-            Err(e) => {
-                log::error(format!("ats_wasm: {e}; this filter is skipped").as_bytes());
-                continue;
-            }
-        };
-        if !cfg.unknown_keys.is_empty() {
-            log::warning(
-                format!("ats_wasm: {}: unknown keys ignored: {}", path.display(), cfg.unknown_keys.join(", "))
-                    .as_bytes(),
-            );
-        }
-        configs.push((path, cfg));
-    }
+    let Ok(configs) = read_configs(&args, &config_dir, false) else { return };
 
     let shortest_deadline_ms = configs
         .iter()
@@ -81,17 +71,16 @@ pub fn init(args: &[String]) {
     // Compiles each distinct module once per process (and, with --module-cache, once per
     // machine and wasmtime version).
     let compiler = ModuleCompiler::new(engine.engine(), args.module_cache.clone());
-
-    let mut filters = Vec::new();
-    for (path, cfg) in configs {
-        match Filter::load(&engine, &compiler, cfg, &args, endpoint.as_ref().map(|(_, e)| e)) {
-            Ok(f) => {
-                log::note(format!("ats_wasm: filter \"{}\" loaded from {}", f.name, path.display()).as_bytes());
-                filters.push(f);
-            }
-            Err(e) => log::error(format!("ats_wasm: {}: {e}; this filter is skipped", path.display()).as_bytes()),
-        }
-    }
+    let loader = Loader {
+        max_memory_bytes: args.max_memory_bytes,
+        args,
+        config_dir,
+        compiler,
+        exporter: endpoint.as_ref().map(|(_, e)| e.clone()),
+        metrics: Mutex::new(HashMap::new()),
+        engine,
+    };
+    let Ok(filters) = loader.load_filters(configs, false) else { return };
     if filters.is_empty() {
         log::error(b"ats_wasm: no filter could be loaded; the plugin installs no hooks");
         return;
@@ -101,19 +90,104 @@ pub fn init(args: &[String]) {
         return;
     };
     let cont = TxnCont::new::<Hooks>();
-    let plugin = Plugin { filters, max_memory_bytes: args.max_memory_bytes, slot, cont, _engine: engine };
+    let plugin = Plugin { slot, cont, loader };
     if PLUGIN.set(plugin).is_err() {
         log::error(b"ats_wasm: the plugin was initialized twice; the second configuration is ignored");
         return;
     }
+    generation::publish(Generation::new(1, filters));
     cont.add_global(HttpHook::ReadRequestHdr);
+    reload::register();
     telemetry::start(endpoint, filter_snapshots);
 }
 
-/// Every filter's name, pool counters and metrics (for the metrics threads).
+/// Reads every filter file named in `plugin.config`, in order. At start-up (`strict` false) a
+/// bad file is one ERROR line and is skipped; for a reload (`strict`) the first bad file is
+/// the error. Unknown keys are one WARNING line per file either way.
+pub(super) fn read_configs(
+    args: &PluginArgs,
+    config_dir: &Path,
+    strict: bool,
+) -> Result<Vec<(PathBuf, FilterConfig)>, String> {
+    let mut configs = Vec::new();
+    for path in &args.yaml_files {
+        let cfg = match config::load_filter(path, config_dir, &|k| std::env::var(k).ok()) {
+            Ok(c) => c,
+            Err(e) if strict => return Err(e.to_string()),
+            Err(e) => {
+                log::error(format!("ats_wasm: {e}; this filter is skipped").as_bytes());
+                continue;
+            }
+        };
+        if !cfg.unknown_keys.is_empty() {
+            log::warning(
+                format!("ats_wasm: {}: unknown keys ignored: {}", path.display(), cfg.unknown_keys.join(", "))
+                    .as_bytes(),
+            );
+        }
+        configs.push((path.clone(), cfg));
+    }
+    Ok(configs)
+}
+
+/// What building filters needs, kept for reloads: the plugin arguments as ATS loaded them,
+/// the compiler (and its module cache), the exporter, and every filter name's counters (so a
+/// reloaded filter's counters go on instead of starting again).
+pub(super) struct Loader {
+    pub(super) args: PluginArgs,
+    pub(super) config_dir: PathBuf,
+    /// The per-VM memory cap (`--max-memory`).
+    pub(super) max_memory_bytes: usize,
+    compiler: ModuleCompiler,
+    exporter: Option<Exporter>,
+    metrics: Mutex<HashMap<String, Arc<FilterMetrics>>>,
+    /// Last: its ticker drives every VM's deadline.
+    engine: WasmEngine,
+}
+
+impl Loader {
+    /// Builds the filters of `configs`, in order. At start-up (`strict` false) a filter that
+    /// fails is one ERROR line and is skipped; for a reload (`strict`) the first failure is the
+    /// error, naming the file.
+    pub(super) fn load_filters(
+        &self,
+        configs: Vec<(PathBuf, FilterConfig)>,
+        strict: bool,
+    ) -> Result<Vec<Filter>, String> {
+        let mut filters = Vec::new();
+        for (path, cfg) in configs {
+            let metrics = self.metrics_for(&cfg.name);
+            match Filter::load(&self.engine, &self.compiler, cfg, &self.args, metrics) {
+                Ok(f) => {
+                    log::note(format!("ats_wasm: filter \"{}\" loaded from {}", f.name, path.display()).as_bytes());
+                    filters.push(f);
+                }
+                Err(e) if strict => return Err(format!("{}: {e}", path.display())),
+                Err(e) => log::error(format!("ats_wasm: {}: {e}; this filter is skipped", path.display()).as_bytes()),
+            }
+        }
+        Ok(filters)
+    }
+
+    /// The counters of the filter named `name`: made on first use, the same ever after.
+    fn metrics_for(&self, name: &str) -> Arc<FilterMetrics> {
+        let mut all = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        all.entry(name.to_string()).or_insert_with(|| FilterMetrics::new(name, self.exporter.as_ref())).clone()
+    }
+
+    /// Forgets compiled modules no filter of `g` uses (modules of retiring generations stay
+    /// alive in their templates until those retire).
+    pub(super) fn keep_modules_of(&self, g: &Generation) {
+        let hashes: Vec<&str> = g.filters.iter().map(|f| f.module_hash.as_str()).collect();
+        self.compiler.retain(|h| hashes.contains(&h));
+    }
+}
+
+/// The current generation's filters: names, pool counters and metrics (for the metrics
+/// threads).
 fn filter_snapshots() -> Vec<telemetry::FilterSnapshot> {
-    let filters = PLUGIN.get().map(|p| &p.filters[..]).unwrap_or_default();
-    filters
+    let Some(g) = generation::current() else { return Vec::new() };
+    g.filters
         .iter()
         .map(|f| telemetry::FilterSnapshot { name: f.name.clone(), pool: f.pool.stats(), metrics: f.metrics.clone() })
         .collect()

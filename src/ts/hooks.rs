@@ -102,9 +102,10 @@ impl TxnCont {
     }
 }
 
-/// Handles the events of timers started with [`every_on_this_thread`].
+/// Handles one-shot work scheduled with [`EventThread::run_once`] / [`EventThread::run_after`]
+/// (and, in [`super::control`], on task threads).
 pub trait TimerHandler: 'static {
-    /// One period elapsed for the timer started with `data`.
+    /// The scheduled work is due; `data` is what it was scheduled with.
     fn on_timer(data: usize);
 }
 
@@ -137,29 +138,6 @@ fn scheduled_cont(func: sys::TSEventFunc, data: usize) -> sys::TSCont {
     }
 }
 
-unsafe extern "C" fn timer_trampoline<H: TimerHandler>(
-    cont: sys::TSCont,
-    _event: sys::TSEvent,
-    _edata: *mut c_void,
-) -> c_int {
-    // SAFETY: cont was created by `every_on_this_thread` through `scheduled_cont`.
-    unsafe { run_scheduled::<H>(cont) };
-    0
-}
-
-/// Calls `H::on_timer(data)` every `period` on the current event thread, for the life of the
-/// process (`TSContScheduleEveryOnThread`). Returns false when the current thread is not an
-/// event thread or ATS refused.
-pub fn every_on_this_thread<H: TimerHandler>(period: Duration, data: usize) -> bool {
-    let ms = schedule_ms(period);
-    let Some(thread) = EventThread::current() else {
-        return false;
-    };
-    let cont = scheduled_cont(Some(timer_trampoline::<H>), data);
-    // SAFETY: cont and thread are valid; the timer lives as long as the process.
-    !unsafe { sys::TSContScheduleEveryOnThread(cont, ms, thread.0) }.is_null()
-}
-
 /// An ATS event thread (e.g. an `ET_NET` thread), for scheduling work on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventThread(sys::TSEventThread);
@@ -188,6 +166,14 @@ impl EventThread {
         // SAFETY: cont and the thread are valid; the trampoline destroys cont after it ran.
         !unsafe { sys::TSContScheduleOnThread(cont, 0, self.0) }.is_null()
     }
+
+    /// Runs `H::on_timer(data)` once on this thread after `delay` (at least 1 ms). The
+    /// continuation destroys itself after running. Returns false if ATS refused.
+    pub fn run_after<H: TimerHandler>(self, delay: Duration, data: usize) -> bool {
+        let cont = scheduled_cont(Some(once_trampoline::<H>), data);
+        // SAFETY: cont and the thread are valid; the trampoline destroys cont after it ran.
+        !unsafe { sys::TSContScheduleOnThread(cont, schedule_ms(delay), self.0) }.is_null()
+    }
 }
 
 unsafe extern "C" fn once_trampoline<H: TimerHandler>(
@@ -195,7 +181,7 @@ unsafe extern "C" fn once_trampoline<H: TimerHandler>(
     _event: sys::TSEvent,
     _edata: *mut c_void,
 ) -> c_int {
-    // SAFETY: cont was created by `EventThread::run_once` through `scheduled_cont`.
+    // SAFETY: cont was created by `EventThread::run_once` or `run_after` through `scheduled_cont`.
     unsafe { run_scheduled::<H>(cont) };
     // SAFETY: this one-shot continuation is not used again.
     unsafe { sys::TSContDestroy(cont) };

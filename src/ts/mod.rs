@@ -2,6 +2,7 @@
 //! domain. This is the only module that names ATS symbols; every other layer is testable
 //! without ATS.
 
+pub mod control;
 pub mod entry;
 pub mod fetch;
 pub mod headers;

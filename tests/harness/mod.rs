@@ -1007,9 +1007,17 @@ pub struct AtsBuilder {
     remap: Vec<String>,
     env: Vec<(OsString, OsString)>,
     origin: Origin,
+    manager: bool,
 }
 
 impl AtsBuilder {
+    /// Starts `traffic_manager` (which starts `traffic_server`), as production does, so that
+    /// [`Ats::ctl`] (`traffic_ctl`) works: ATS 9.2's `traffic_ctl` talks to the manager.
+    pub fn under_manager(mut self) -> Self {
+        self.manager = true;
+        self
+    }
+
     /// Number of ET_NET threads (`exec_thread.limit`, autoconfig off). Default 2.
     pub fn net_threads(mut self, n: usize) -> Self {
         self.net_threads = n;
@@ -1157,7 +1165,7 @@ impl AtsBuilder {
         let console = rr.root.join("console.log");
         let out = fs::File::create(&console).map_err(|e| fail("creating console.log", e))?;
         let err = out.try_clone().map_err(|e| fail("cloning console.log", e))?;
-        let mut cmd = Command::new("traffic_server");
+        let mut cmd = Command::new(if self.manager { "traffic_manager" } else { "traffic_server" });
         cmd.arg(format!("--run-root={}", rr.yaml.display()))
             .current_dir(&rr.root)
             .env_remove("TS_ROOT")
@@ -1296,7 +1304,49 @@ impl Ats {
             remap: Vec::new(),
             env: Vec::new(),
             origin: Origin::new(),
+            manager: false,
         }
+    }
+
+    /// Runs `traffic_ctl <args>` against this ATS (started [`AtsBuilder::under_manager`]);
+    /// returns its exit success and output (stdout then stderr).
+    pub fn ctl(&self, args: &[&str]) -> (bool, String) {
+        let rr = self.runroot.as_ref().expect("a runroot");
+        let out = Command::new("traffic_ctl")
+            .arg(format!("--run-root={}", rr.yaml.display()))
+            .args(args)
+            .env_remove("TS_ROOT")
+            .output()
+            .expect("running traffic_ctl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    }
+
+    /// The `traffic_server` process's id: [`Self::pid`] itself, or under a manager its child
+    /// named `traffic_server` (`None` while there is none).
+    pub fn server_pid(&self) -> Option<u32> {
+        // argv[0] (ATS renames its threads, so `comm` does not say `traffic_server`).
+        let is_server = |pid: u32| {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+            argv0.ends_with(b"traffic_server")
+        };
+        if is_server(self.pid) {
+            return Some(self.pid);
+        }
+        fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // `pid (comm) state ppid …`; comm may hold spaces, so split after the last ')'.
+            let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == self.pid && is_server(pid)).then_some(pid)
+        })
+    }
+
+    /// `traffic_server`'s resident set size in KiB (`VmRSS`).
+    pub fn server_rss_kib(&self) -> Option<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.server_pid()?)).ok()?;
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
     }
 
     /// ATS's HTTP port on 127.0.0.1.
@@ -1502,7 +1552,8 @@ impl Drop for Ats {
     }
 }
 
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+/// Polls `cond` every 50 ms until it holds (true) or `timeout` passes (false).
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if cond() {

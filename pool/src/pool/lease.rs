@@ -68,10 +68,10 @@ impl<T: 'static> LeasedVm<T> {
 
 /// What a lease sends home when released elsewhere.
 pub(super) struct Returned<T: 'static> {
-    poisoned: bool,
+    pub(super) poisoned: bool,
     /// Released on another thread (not merely deferred by a re-entrant release at home).
     foreign: bool,
-    held: Held<T>,
+    pub(super) held: Held<T>,
 }
 
 impl<T: Send + 'static> VmPool<T> {

@@ -2,7 +2,8 @@
 //!
 //! One room per concern: the configuration ([`config`]: [`Isolation`], [`PoolConfig`]), what
 //! can go wrong ([`error`]), the per-thread pool and how a thread gets one ([`thread`]),
-//! leasing and returning ([`lease`]), making VMs ([`refill`]) and discarding them ([`poison`]),
+//! leasing and returning ([`lease`]), making VMs ([`refill`]), discarding them ([`poison`]) and
+//! the last look at them ([`retire`]),
 //! and the counters ([`stats`]). [`VmPool`] itself, defined here, is what they all share.
 //!
 //! # Ownership
@@ -30,6 +31,7 @@ mod error;
 mod lease;
 mod poison;
 mod refill;
+mod retire;
 mod stats;
 mod thread;
 

@@ -72,7 +72,8 @@ impl FailureReason {
     }
 }
 
-/// The Prometheus side, when the endpoint is on.
+/// The Prometheus side, when the endpoint is on. Clones share the recorder.
+#[derive(Clone)]
 pub struct Exporter {
     recorder: Arc<PrometheusRecorder>,
     pub(super) handle: PrometheusHandle,

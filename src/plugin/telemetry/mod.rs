@@ -15,6 +15,8 @@
 //! - `endpoint`: a small blocking HTTP server on its own thread serves that text (why not an
 //!   HTTP server crate: see the module doc of `endpoint.rs`).
 //!
+//! - `reloads`: reload results and generation gauges ([`GENERATIONS`]), plain atomics.
+//!
 //! ATS stats of the pools are refreshed every [`REFRESH`] by a second thread. None of these
 //! threads is an ATS thread, calls into a guest or holds a lock a hook takes; all are detached,
 //! so they never keep `traffic_server` from exiting. With `--metrics-listen=off` (or a port that cannot
@@ -24,6 +26,7 @@
 
 mod counters;
 mod endpoint;
+mod reloads;
 mod render;
 mod timing;
 
@@ -37,6 +40,7 @@ pub use counters::{
     ats_stat_name,
 };
 pub use endpoint::prepare;
+pub use reloads::{GENERATIONS, GenerationCounters, render_generations};
 pub use render::{GUEST_PREFIX, guest_metric_name, render, render_guest, render_hooks, render_pools};
 pub use timing::{HOOK_BUCKETS_NS, HOOK_DURATION, HookTimer};
 

@@ -26,6 +26,7 @@ pub fn render(handle: &PrometheusHandle, filters: &[FilterSnapshot], guest: &[Me
     render_hooks(&mut out, filters);
     render_pools(&mut out, filters);
     render_guest(&mut out, guest);
+    super::reloads::render_generations(&mut out);
     out
 }
 
