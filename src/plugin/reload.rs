@@ -18,7 +18,6 @@ use std::time::Instant;
 use super::PLUGIN;
 use super::delivery;
 use super::generation::{self, Generation};
-use super::startup::read_configs;
 use super::telemetry::GENERATIONS;
 use crate::ts::control::{ControlHandler, register_control, run_on_task_thread};
 use crate::ts::hooks::TimerHandler;
@@ -96,8 +95,7 @@ impl TimerHandler for Build {
 fn reload_once() {
     let (Some(p), Some(old)) = (PLUGIN.get(), generation::current()) else { return };
     let started = Instant::now();
-    let built = read_configs(&p.loader.args, &p.loader.config_dir, true).and_then(|c| p.loader.load_filters(c, true));
-    let filters = match built {
+    let filters = match p.loader.rebuild() {
         Ok(f) => f,
         Err(e) => {
             GENERATIONS.reloads_failed.fetch_add(1, Ordering::Relaxed);

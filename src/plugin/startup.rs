@@ -104,11 +104,7 @@ pub fn init(args: &[String]) {
 /// Reads every filter file named in `plugin.config`, in order. At start-up (`strict` false) a
 /// bad file is one ERROR line and is skipped; for a reload (`strict`) the first bad file is
 /// the error. Unknown keys are one WARNING line per file either way.
-pub(super) fn read_configs(
-    args: &PluginArgs,
-    config_dir: &Path,
-    strict: bool,
-) -> Result<Vec<(PathBuf, FilterConfig)>, String> {
+fn read_configs(args: &PluginArgs, config_dir: &Path, strict: bool) -> Result<Vec<(PathBuf, FilterConfig)>, String> {
     let mut configs = Vec::new();
     for path in &args.yaml_files {
         let cfg = match config::load_filter(path, config_dir, &|k| std::env::var(k).ok()) {
@@ -134,8 +130,8 @@ pub(super) fn read_configs(
 /// the compiler (and its module cache), the exporter, and every filter name's counters (so a
 /// reloaded filter's counters go on instead of starting again).
 pub(super) struct Loader {
-    pub(super) args: PluginArgs,
-    pub(super) config_dir: PathBuf,
+    args: PluginArgs,
+    config_dir: PathBuf,
     /// The per-VM memory cap (`--max-memory`).
     pub(super) max_memory_bytes: usize,
     compiler: ModuleCompiler,
@@ -167,6 +163,13 @@ impl Loader {
             }
         }
         Ok(filters)
+    }
+
+    /// A reload's filters: every file named in `plugin.config` read again and built, all or
+    /// nothing (the error names the first file that failed).
+    pub(super) fn rebuild(&self) -> Result<Vec<Filter>, String> {
+        let configs = read_configs(&self.args, &self.config_dir, true)?;
+        self.load_filters(configs, true)
     }
 
     /// The counters of the filter named `name`: made on first use, the same ever after.
