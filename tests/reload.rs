@@ -311,3 +311,42 @@ fn fifty_reloads_under_load_leave_memory_flat_and_old_generations_gone() {
     assert_eq!(retired, 50, "{diags}");
     assert!(console.contains("tick of generation 51)"), "the newest generation ticks");
 }
+
+/// The "built in N ms" of every reload NOTE line so far.
+fn build_times_ms(ats: &Ats) -> Vec<u64> {
+    ats.diags_log().lines().filter_map(|l| l.split("built in ").nth(1)?.split(" ms").next()?.parse().ok()).collect()
+}
+
+/// Not a check, a measurement (`cargo test --release --test reload -- --ignored --nocapture`):
+/// how long a reload of `add-headers` takes when its module is unchanged, and when the module
+/// changes each time (alternating with `deny`), without and with `--module-cache`.
+#[test]
+#[ignore]
+fn measure_reload_time() {
+    for cache in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let arg = format!("--module-cache={}", dir.path().display());
+        let mut args = vec!["stamp.yaml"];
+        if cache {
+            args.insert(0, &arg);
+        }
+        let ats = stamped_ats(&[], &args);
+        let mut n = 1;
+        for _ in 0..5 {
+            n += 1;
+            reload(&ats, false, n);
+        }
+        let unchanged = build_times_ms(&ats);
+        for k in 0..6 {
+            let wasm = if k % 2 == 0 { example_wasm("deny") } else { example_wasm("add-headers") };
+            write_config(&ats, "stamp.yaml", &filter_yaml("stamp", &wasm, "{}"));
+            n += 1;
+            reload(&ats, false, n);
+        }
+        let changed = build_times_ms(&ats)[unchanged.len()..].to_vec();
+        eprintln!(
+            "--module-cache {}: unchanged module {unchanged:?} ms; module changed each time {changed:?} ms",
+            if cache { "on" } else { "off" }
+        );
+    }
+}
