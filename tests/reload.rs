@@ -350,3 +350,28 @@ fn measure_reload_time() {
         );
     }
 }
+
+#[test]
+fn a_reload_adds_and_removes_the_filters_named_on_the_plugin_line() {
+    let extra = filter_yaml("extra", &example_wasm("add-headers"), r#"{"response_headers": {"x-extra": "1"}}"#);
+    let ats = stamped_ats(&[("extra.yaml", extra)], &["stamp.yaml"]);
+    let r = ats.get("/one");
+    assert_eq!((one_generation(&r), r.header("x-extra")), (Ok("A".into()), None));
+    let plugin_config = ats.config_dir().join("plugin.config");
+    let line = std::fs::read_to_string(&plugin_config).unwrap();
+    // Added: the new file on the plugin's line.
+    std::fs::write(&plugin_config, line.replace("stamp.yaml", "stamp.yaml extra.yaml")).unwrap();
+    reload(&ats, true, 2);
+    let r = ats.get("/two");
+    assert_eq!((one_generation(&r), r.header("x-extra")), (Ok("A".into()), Some("1")), "{r:?}");
+    // Removed: the stamp filter is not called any more.
+    std::fs::write(&plugin_config, line.replace("stamp.yaml", "extra.yaml")).unwrap();
+    reload(&ats, false, 3);
+    let r = ats.get("/three");
+    assert_eq!((r.headers_named("x-gen").len(), r.header("x-extra")), (0, Some("1")), "{r:?}");
+    assert!(!r.body_str().contains("x-gen"), "the origin saw no stamp: {r:?}");
+    // An option changed on the line is one WARNING and waits for a restart.
+    std::fs::write(&plugin_config, line.replace("stamp.yaml", "--pool-size=3 extra.yaml")).unwrap();
+    reload(&ats, false, 4);
+    assert_eq!(diags_lines(&ats, "options on the plugin's line changed"), 1, "{}", ats.diags_log());
+}

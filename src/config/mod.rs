@@ -10,13 +10,15 @@
 //! - `yaml.rs`: reading them with serde-saphyr into nodes that record what was written (type,
 //!   key spelling, unknown keys) and leave the checks to `filter.rs`;
 //! - `limits.rs`: each range, size and choice shared by an argument and a YAML key, once;
-//! - `upstream.rs`: HTTP-call targets ([`Upstream`]).
+//! - `upstream.rs`: HTTP-call targets ([`Upstream`]);
+//! - `plugin_line.rs`: the plugin's line in `plugin.config`, found again for a reload.
 
 #![forbid(unsafe_code)]
 
 mod args;
 mod filter;
 mod limits;
+mod plugin_line;
 mod schema;
 mod upstream;
 mod yaml;
@@ -32,6 +34,7 @@ pub use limits::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_METRICS_LISTEN, DEFAULT_METRICS_PORT, DEFAULT_PAUSE_TIMEOUT_MS, Isolation,
     parse_size,
 };
+pub use plugin_line::plugin_line;
 pub use upstream::{Scheme, Upstream};
 
 /// `p` as is if absolute, else under the ATS configuration directory.

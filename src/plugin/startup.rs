@@ -38,14 +38,16 @@ pub fn init(args: &[String]) {
         return;
     }
     let config_dir = crate::ts::plugin::config_dir();
-    let args = match config::parse_args(args, &config_dir) {
+    let parsed = match config::parse_args(args, &config_dir) {
         Ok(a) => a,
         Err(e) => {
             log::error(format!("ats_wasm: bad plugin argument: {e}; the plugin is disabled").as_bytes());
             return;
         }
     };
-    let Ok(configs) = read_configs(&args, &config_dir, false) else { return };
+    let raw_args = args.to_vec();
+    let args = parsed;
+    let Ok(configs) = read_configs(&args.yaml_files, &config_dir, false) else { return };
 
     let shortest_deadline_ms = configs
         .iter()
@@ -74,6 +76,7 @@ pub fn init(args: &[String]) {
     let loader = Loader {
         max_memory_bytes: args.max_memory_bytes,
         args,
+        raw_args,
         config_dir,
         compiler,
         exporter: endpoint.as_ref().map(|(_, e)| e.clone()),
@@ -101,12 +104,12 @@ pub fn init(args: &[String]) {
     telemetry::start(endpoint, filter_snapshots);
 }
 
-/// Reads every filter file named in `plugin.config`, in order. At start-up (`strict` false) a
+/// Reads every filter file of `files` (the ones named in `plugin.config`), in order. At start-up (`strict` false) a
 /// bad file is one ERROR line and is skipped; for a reload (`strict`) the first bad file is
 /// the error. Unknown keys are one WARNING line per file either way.
-fn read_configs(args: &PluginArgs, config_dir: &Path, strict: bool) -> Result<Vec<(PathBuf, FilterConfig)>, String> {
+fn read_configs(files: &[PathBuf], config_dir: &Path, strict: bool) -> Result<Vec<(PathBuf, FilterConfig)>, String> {
     let mut configs = Vec::new();
-    for path in &args.yaml_files {
+    for path in files {
         let cfg = match config::load_filter(path, config_dir, &|k| std::env::var(k).ok()) {
             Ok(c) => c,
             Err(e) if strict => return Err(e.to_string()),
@@ -131,6 +134,8 @@ fn read_configs(args: &PluginArgs, config_dir: &Path, strict: bool) -> Result<Ve
 /// reloaded filter's counters go on instead of starting again).
 pub(super) struct Loader {
     args: PluginArgs,
+    /// The plugin's arguments as ATS gave them, its own path first.
+    raw_args: Vec<String>,
     config_dir: PathBuf,
     /// The per-VM memory cap (`--max-memory`).
     pub(super) max_memory_bytes: usize,
@@ -168,8 +173,46 @@ impl Loader {
     /// A reload's filters: every file named in `plugin.config` read again and built, all or
     /// nothing (the error names the first file that failed).
     pub(super) fn rebuild(&self) -> Result<Vec<Filter>, String> {
-        let configs = read_configs(&self.args, &self.config_dir, true)?;
+        let configs = read_configs(&self.filter_files()?, &self.config_dir, true)?;
         self.load_filters(configs, true)
+    }
+
+    /// The filter files named on the plugin's line of `plugin.config` as the file is now (so a
+    /// reload adds and removes filters); the options on that line keep the values ATS loaded
+    /// (a change is one WARNING line). When the line cannot be found again, the files loaded
+    /// at start-up (one WARNING line); a bad argument on it fails the reload.
+    fn filter_files(&self) -> Result<Vec<PathBuf>, String> {
+        let path = self.config_dir.join("plugin.config");
+        let plugin = self.raw_args.first().map(String::as_str).unwrap_or_default();
+        let line = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read it: {e}"))
+            .and_then(|text| config::plugin_line(&text, plugin));
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                log::warning(
+                    format!(
+                        "ats_wasm: reload: {}: {e}; the filter files loaded at start-up are read again",
+                        path.display()
+                    )
+                    .as_bytes(),
+                );
+                return Ok(self.args.yaml_files.clone());
+            }
+        };
+        let now = config::parse_args(&line, &self.config_dir)
+            .map_err(|e| format!("{}: bad plugin argument: {e}", path.display()))?;
+        let same_options = PluginArgs { yaml_files: self.args.yaml_files.clone(), ..now.clone() };
+        if same_options != self.args {
+            log::warning(
+                format!(
+                    "ats_wasm: reload: {}: the options on the plugin's line changed; they take effect at the next restart (the filter files are taken from the line as it is now)",
+                    path.display()
+                )
+                .as_bytes(),
+            );
+        }
+        Ok(now.yaml_files)
     }
 
     /// The counters of the filter named `name`: made on first use, the same ever after.
