@@ -19,7 +19,8 @@
 //!   filter (module, pools, settings);
 //! - this file: [`Plugin`], the per-transaction state and the hook entry;
 //! - `failure`: the failure policy; `delivery`: per-thread work (ticks, shared-queue
-//!   mailboxes, transactions owning VMs); `pause`: the pause state machine;
+//!   mailboxes, transactions owning VMs); `pause`: the pause state machine; `loops`: the call
+//!   depth of requests, so calls that come back into ATS do not loop;
 //!   `http_call`: sending calls and delivering their responses; `effects`: applying a
 //!   callback's outbox; `chain`: the request / response / close runners; `body`: body
 //!   transforms; [`startup`]: `init`.
@@ -35,6 +36,7 @@ mod failure;
 mod filter;
 mod http_call;
 pub mod live;
+mod loops;
 mod pause;
 pub mod properties;
 pub mod startup;

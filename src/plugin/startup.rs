@@ -100,6 +100,8 @@ pub fn init(args: &[String]) {
         log::error(b"ats_wasm: no transaction user argument slot is free; the plugin installs no hooks");
         return;
     };
+    super::backend::call_bounds::set_limits(args.max_calls_per_vm, args.max_calls_per_txn);
+    super::loops::set_max_depth(args.call_depth);
     let cont = TxnCont::new::<Hooks>();
     let plugin = Plugin { filters, max_memory_bytes: args.max_memory_bytes, slot, cont, _engine: engine };
     if PLUGIN.set(plugin).is_err() {

@@ -33,8 +33,8 @@ use std::time::Duration;
 use crate::ts::log;
 
 pub use counters::{
-    CALLBACK_FAILURES, Exporter, FAILURE_OUTCOMES, FailureReason, FilterMetrics, FilterSnapshot, REJECTED_WRITES,
-    ats_stat_name,
+    CALLBACK_FAILURES, Exporter, FAILURE_OUTCOMES, FailureReason, FilterMetrics, FilterSnapshot, HTTP_CALLS_REFUSED,
+    REJECTED_WRITES, ats_stat_name,
 };
 pub use endpoint::prepare;
 pub use render::{GUEST_PREFIX, guest_metric_name, render, render_guest, render_hooks, render_pools};
