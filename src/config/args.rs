@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use super::limits::{
-    CALLBACK_DEADLINE_MS, DEFAULT_METRICS_LISTEN, DEFAULT_METRICS_PORT, DEFAULT_PAUSE_TIMEOUT_MS, Isolation, MAX_VMS,
-    PAUSE_TIMEOUT_MS, POOL_SIZE, max_memory,
+    CALL_DEPTH, CALLBACK_DEADLINE_MS, CALLS_IN_FLIGHT, DEFAULT_METRICS_LISTEN, DEFAULT_METRICS_PORT,
+    DEFAULT_PAUSE_TIMEOUT_MS, Isolation, MAX_VMS, PAUSE_TIMEOUT_MS, POOL_SIZE, max_memory,
 };
 use super::resolve;
 
@@ -37,6 +37,14 @@ pub struct PluginArgs {
     /// paths from the ATS configuration directory); `None` (`off`, the default) compiles every
     /// module at every start.
     pub module_cache: Option<PathBuf>,
+    /// `--call-depth=N`: filters run on a request only when fewer than N HTTP calls of this
+    /// ATS led to it (default 1: a call that comes back into this ATS is not filtered).
+    pub call_depth: u32,
+    /// `--max-calls-per-vm=N`: HTTP calls in flight at once per VM (default 256).
+    pub max_calls_per_vm: u32,
+    /// `--max-calls-per-txn=N`: HTTP calls in flight at once per transaction, all filters
+    /// together (default 64).
+    pub max_calls_per_txn: u32,
     /// The filter YAML files, absolute, in command-line order.
     pub yaml_files: Vec<PathBuf>,
 }
@@ -52,6 +60,9 @@ impl Default for PluginArgs {
             max_vms: 1000,
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT))),
             module_cache: None,
+            call_depth: 1,
+            max_calls_per_vm: 256,
+            max_calls_per_txn: 64,
             yaml_files: Vec::new(),
         }
     }
@@ -59,7 +70,8 @@ impl Default for PluginArgs {
 
 /// The usage line shown with argument errors.
 pub const USAGE: &str = "usage: libats_wasm.so [--pool-size=N] [--isolation=shared|transaction] \
-    [--callback-deadline-ms=N] [--pause-timeout-ms=N|off] [--max-memory=SIZE] [--max-vms=N] [--metrics-listen=ADDR:PORT|off] [--module-cache=DIR|off] FILTER.yaml [FILTER.yaml ...]";
+    [--callback-deadline-ms=N] [--pause-timeout-ms=N|off] [--max-memory=SIZE] [--max-vms=N] [--metrics-listen=ADDR:PORT|off] [--module-cache=DIR|off] \
+    [--call-depth=N] [--max-calls-per-vm=N] [--max-calls-per-txn=N] FILTER.yaml [FILTER.yaml ...]";
 
 /// Parses the plugin's arguments (`args[0]` is the plugin path ATS passes first).
 pub fn parse_args(args: &[String], config_dir: &Path) -> Result<PluginArgs, String> {
@@ -91,6 +103,9 @@ pub fn parse_args(args: &[String], config_dir: &Path) -> Result<PluginArgs, Stri
                         })?),
                     }
                 }
+                "call-depth" => out.call_depth = CALL_DEPTH.parse(&flag, value)? as u32,
+                "max-calls-per-vm" => out.max_calls_per_vm = CALLS_IN_FLIGHT.parse(&flag, value)? as u32,
+                "max-calls-per-txn" => out.max_calls_per_txn = CALLS_IN_FLIGHT.parse(&flag, value)? as u32,
                 "module-cache" => out.module_cache = (value != "off").then(|| resolve(config_dir, value)),
                 _ => return Err(format!("unknown argument \"{arg}\"; {USAGE}")),
             }

@@ -38,6 +38,13 @@ pub(super) const PAUSE_TIMEOUT_MS: WholeNumber = WholeNumber { min: 1, max: 3_60
 /// How many VMs may exist at once: `--max-vms`.
 pub(super) const MAX_VMS: WholeNumber = WholeNumber { min: 1, max: 20_000 };
 
+/// How many HTTP calls that come back into this ATS are filtered again: `--call-depth`.
+pub(super) const CALL_DEPTH: WholeNumber = WholeNumber { min: 1, max: 8 };
+
+/// HTTP calls in flight at once per VM (`--max-calls-per-vm`) and per transaction
+/// (`--max-calls-per-txn`).
+pub(super) const CALLS_IN_FLIGHT: WholeNumber = WholeNumber { min: 1, max: 100_000 };
+
 impl WholeNumber {
     /// The largest value allowed.
     pub(super) fn max(&self) -> u64 {

@@ -67,6 +67,21 @@ fn arguments_have_defaults_and_resolve_relative_yaml_paths() {
 }
 
 #[test]
+fn call_depth_and_call_bounds_have_defaults_and_ranges() {
+    let a = args(&["a.yaml"]).unwrap();
+    assert_eq!((a.call_depth, a.max_calls_per_vm, a.max_calls_per_txn), (1, 256, 64));
+    let a = args(&["--call-depth=3", "--max-calls-per-vm=10", "--max-calls-per-txn=2", "a.yaml"]).unwrap();
+    assert_eq!((a.call_depth, a.max_calls_per_vm, a.max_calls_per_txn), (3, 10, 2));
+    assert!(
+        args(&["--call-depth=0", "a.yaml"])
+            .unwrap_err()
+            .starts_with("--call-depth: expected a whole number from 1 to 8, got \"0\"")
+    );
+    assert!(args(&["--max-calls-per-txn=0", "a.yaml"]).is_err());
+    assert!(args(&["--max-calls-per-vm=100001", "a.yaml"]).is_err());
+}
+
+#[test]
 fn module_cache_is_off_by_default_and_resolves_relative_directories() {
     assert_eq!(args(&["a.yaml"]).unwrap().module_cache, None);
     assert_eq!(args(&["--module-cache=off", "a.yaml"]).unwrap().module_cache, None);

@@ -58,7 +58,10 @@ impl Plugin {
     pub(super) fn request_headers(&self, txn: Txn) -> Resume {
         if txn.is_internal() {
             // Our own HTTP calls, and other plugins' internal requests: no filters.
-            Self::internal_request(txn, self.cont);
+            return Self::internal_request(txn, self.cont);
+        }
+        if !super::loops::arrival(txn) {
+            // One of our HTTP calls that came back, as deep as `--call-depth` allows.
             return Resume::Continue;
         }
         let Some(generation) = delivery::pin() else {

@@ -12,28 +12,35 @@
 //!   transaction closed.
 //! - A stream call's VM is found through the transaction's own leases; a root call's VM among
 //!   this thread's pooled VMs. A VM that was poisoned meanwhile is simply not found.
-//! - The fetch itself always ends (complete, failed, or the call's timeout), and frees all its
-//!   ATS objects then; an entry removed early just means its outcome is discarded.
+//! - The fetch itself always ends (complete, failed, the call's timeout, or cancelled), and
+//!   frees all its ATS objects then; an entry removed early just means its outcome is
+//!   discarded. Until it ended, [`FLIGHTS`] keeps what the call holds: its place in the bounds
+//!   on calls in flight ([`CallSlot`]), its registration against loops ([`Ticket`]) and the
+//!   handle that cancels it — which `TXN_CLOSE` uses for the transaction's calls.
 //!
 //! Internal requests. The fetch layer's requests are internal ATS transactions, so they reach
 //! our own `READ_REQUEST_HDR` hook. [`Plugin::internal_request`] handles every internal
 //! transaction: filters never run on them (another plugin's internal fetches included); those
-//! carrying [`CALL_MARKER`] (ours) lose the marker and skip remap and the cache, so they go
-//! exactly to the upstream their absolute URL names, `remap_required` or not.
+//! carrying [`CALL_MARKER`] with the nonce of one of our calls in flight skip remap and the
+//! cache, so they go exactly to the upstream their absolute URL names, `remap_required` or not,
+//! and end with the call (its timeout, or its fetch closing). The marker is removed before the
+//! request leaves; a call to this host itself carries its nonce instead ([`super::loops`]).
 #![forbid(unsafe_code)]
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use super::backend::OutgoingCall;
+use super::backend::call_bounds::CallSlot;
 use super::backend::call_request::{CALL_FAILED, CALL_MARKER};
 use super::diags::one_line;
 use super::generation::{self, Pinned};
 use super::live::TxnId;
+use super::loops::{self, LOOP_MARKER, Ticket};
 use super::stream::{Phase, TxnStream};
 use super::{PLUGIN, Plugin};
 use crate::abi::{HttpCallResponse, guest};
-use crate::ts::fetch::{FetchHandler, FetchOutcome, FetchRequest, fetch};
+use crate::ts::fetch::{FetchHandle, FetchHandler, FetchOutcome, FetchRequest, fetch};
 use crate::ts::hooks::{EventThread, HttpHook, TxnCont};
 use crate::ts::log;
 use crate::ts::txn::{Resume, Txn};
@@ -51,10 +58,28 @@ struct Pending {
     generation: Option<Pinned>,
 }
 
+/// What a call holds until its fetch ended.
+struct Flight {
+    handle: FetchHandle,
+    _ticket: Ticket,
+    _slot: CallSlot,
+}
+
 thread_local! {
     /// This thread's calls in flight, by call id.
     static PENDING: RefCell<HashMap<u64, Pending>> = RefCell::new(HashMap::new());
+    /// This thread's fetches not yet ended, by call id (also those whose outcome is no longer
+    /// wanted).
+    static FLIGHTS: RefCell<HashMap<u64, Flight>> = RefCell::new(HashMap::new());
     static NEXT_ID: Cell<u64> = const { Cell::new(1) };
+}
+
+/// `CALL_MARKER`'s value: the call's nonce, a space, its `:authority`.
+fn split_marker(v: &[u8]) -> (&[u8], &[u8]) {
+    match v.iter().position(|&b| b == b' ') {
+        Some(i) => (&v[..i], &v[i + 1..]),
+        None => (v, b""),
+    }
 }
 
 /// Sends a guest's call (from the outbox of the callback that made it, on the same thread);
@@ -65,51 +90,81 @@ pub(super) fn send(call: OutgoingCall) {
         log::error(b"ats_wasm: an HTTP call made off an event thread is dropped");
         return;
     };
+    let OutgoingCall { vm, token, txn, method, url, mut headers, body, timeout, slot } = call;
+    // A call is one level deeper than the request that made it (a root context's: level 1).
+    let Some(ticket) = loops::register(txn.map_or(0, loops::depth) + 1, timeout) else {
+        log::error(b"ats_wasm: no random nonce for an HTTP call; it is dropped");
+        return;
+    };
+    if let Some((_, v)) = headers.iter_mut().find(|(k, _)| k[..] == *CALL_MARKER) {
+        let mut named = ticket.hex().into_bytes();
+        named.push(b' ');
+        named.extend_from_slice(v);
+        *v = named;
+    }
     let id = NEXT_ID.with(|n| {
         let id = n.get();
         n.set(id.wrapping_add(1).max(1));
         id
     });
-    let generation = if call.txn.is_none() { generation::adopted() } else { None };
-    let pending = Pending { vm: call.vm, token: call.token, txn: call.txn.map(TxnId::of), generation };
+    let generation = if txn.is_none() { generation::adopted() } else { None };
+    let pending = Pending { vm, token, txn: txn.map(TxnId::of), generation };
     PENDING.with(|p| p.borrow_mut().insert(id, pending));
-    let headers: Vec<(&[u8], &[u8])> = call.headers.iter().map(|(k, v)| (&k[..], &v[..])).collect();
-    let fr = FetchRequest {
-        method: &call.method,
-        url: &call.url,
-        headers: &headers,
-        body: &call.body,
-        timeout: call.timeout,
-    };
-    if !fetch::<Deliver>(&fr, home, id) {
-        PENDING.with(|p| p.borrow_mut().remove(&id));
-        log::error(b"ats_wasm: ATS refused to start an HTTP call; it is dropped");
+    let headers: Vec<(&[u8], &[u8])> = headers.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+    let fr = FetchRequest { method: &method, url: &url, headers: &headers, body: &body, timeout };
+    match fetch::<Deliver>(&fr, home, id) {
+        Some(handle) => {
+            FLIGHTS.with(|f| f.borrow_mut().insert(id, Flight { handle, _ticket: ticket, _slot: slot }));
+        }
+        None => {
+            PENDING.with(|p| p.borrow_mut().remove(&id));
+            log::error(b"ats_wasm: ATS refused to start an HTTP call; it is dropped");
+        }
     }
 }
 
 impl Plugin {
     /// An internal transaction reached `READ_REQUEST_HDR`: no filter runs on it; one of our calls
-    /// skips remap and cache, and gets a `SEND_REQUEST_HDR` hook ([`Plugin::call_request_leaving`]).
-    pub(super) fn internal_request(txn: Txn, cont: TxnCont) {
-        let Some(h) = txn.client_request() else { return };
+    /// in flight skips remap and cache, ends with the call, and gets a `SEND_REQUEST_HDR` hook
+    /// ([`Plugin::call_request_leaving`]). A marker naming no call in flight (a call that
+    /// ended before ATS read its request, or another plugin's request) is answered by ATS
+    /// itself with an error, without any upstream.
+    pub(super) fn internal_request(txn: Txn, cont: TxnCont) -> Resume {
+        let Some(h) = txn.client_request() else { return Resume::Continue };
         let mut v = Vec::new();
-        if h.get(CALL_MARKER, &mut v) {
-            txn.set_up_as_plugin_call();
-            cont.add_to_txn(txn, HttpHook::SendRequestHdr);
-            cont.add_to_txn(txn, HttpHook::SendResponseHdr);
+        if !h.get(CALL_MARKER, &mut v) {
+            return Resume::Continue;
+        }
+        match loops::call_timeout(split_marker(&v).0) {
+            Some(timeout) => {
+                txn.set_up_as_plugin_call(timeout);
+                cont.add_to_txn(txn, HttpHook::SendRequestHdr);
+                cont.add_to_txn(txn, HttpHook::SendResponseHdr);
+                Resume::Continue
+            }
+            None => {
+                h.remove(CALL_MARKER);
+                Resume::Error
+            }
         }
     }
 
     /// One of our calls is about to leave ATS: the marker goes, and `Host` becomes the call's
-    /// `:authority` (the marker's value) — ATS set it from the absolute URL, which names the
-    /// upstream's address instead.
+    /// `:authority` (from the marker) — ATS set it from the absolute URL, which names the
+    /// upstream's address instead. A call to this host itself carries its nonce
+    /// ([`LOOP_MARKER`]), and no call carries a `LOOP_MARKER` of anyone else's.
     pub(super) fn call_request_leaving(txn: Txn) {
         let Some(h) = txn.server_request() else { return };
-        let mut authority = Vec::new();
-        if h.get(CALL_MARKER, &mut authority) {
+        let mut marker = Vec::new();
+        if h.get(CALL_MARKER, &mut marker) {
             h.remove(CALL_MARKER);
+            h.remove(LOOP_MARKER);
+            let (nonce, authority) = split_marker(&marker);
             if !authority.is_empty() {
-                h.replace(b"host", &authority);
+                h.replace(b"host", authority);
+            }
+            if loops::leaving(nonce, txn.outgoing_addr(), txn.server_addr()) {
+                h.replace(LOOP_MARKER, nonce);
             }
         }
     }
@@ -156,6 +211,9 @@ struct Deliver;
 
 impl FetchHandler for Deliver {
     fn on_fetch_done(id: u64, outcome: FetchOutcome) {
+        // The fetch ended: its slot and its registration go (before the guest may call again).
+        let flight = FLIGHTS.with(|f| f.borrow_mut().remove(&id));
+        drop(flight);
         let Some(pending) = PENDING.with(|p| p.borrow_mut().remove(&id)) else {
             // The transaction closed first: dropped.
             return;
@@ -167,18 +225,31 @@ impl FetchHandler for Deliver {
 }
 
 impl Plugin {
-    /// Forgets the calls `txn` has in flight (it is closing): their responses will be dropped.
-    /// Returns `(vm, token)` of each, for the caller to cancel in the VMs it still holds.
+    /// Forgets the calls `txn` has in flight (it is closing): their fetches are cancelled and
+    /// their outcomes dropped. Returns `(vm, token)` of each, for the caller to cancel in the
+    /// VMs it still holds.
     pub(super) fn forget_calls(txn: Txn) -> Vec<(u64, u32)> {
-        PENDING.with(|p| {
+        loops::forget(txn);
+        let forgotten: Vec<(u64, Pending)> = PENDING.with(|p| {
             let mut p = p.borrow_mut();
             if p.is_empty() {
                 return Vec::new();
             }
             let ids: Vec<u64> =
                 p.iter().filter(|(_, c)| c.txn.is_some_and(|id| id.names(txn))).map(|(id, _)| *id).collect();
-            ids.into_iter().filter_map(|id| p.remove(&id)).map(|c| (c.vm, c.token)).collect()
-        })
+            ids.into_iter().filter_map(|id| p.remove(&id).map(|c| (id, c))).collect()
+        });
+        if !forgotten.is_empty() {
+            FLIGHTS.with(|f| {
+                let f = f.borrow();
+                for (id, _) in &forgotten {
+                    if let Some(flight) = f.get(id) {
+                        flight.handle.cancel();
+                    }
+                }
+            });
+        }
+        forgotten.into_iter().map(|(_, c)| (c.vm, c.token)).collect()
     }
 
     fn deliver_call(&self, pending: Pending, response: HttpCallResponse) {

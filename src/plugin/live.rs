@@ -11,7 +11,7 @@ use crate::ts::txn::Txn;
 
 /// A transaction of this thread, as kept beyond one hook: [`TxnId::txn`] gives its handle back
 /// only while it is open. Two ids are equal when they name the same registration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TxnId {
     txn: Txn,
     serial: u64,

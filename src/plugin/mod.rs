@@ -23,6 +23,7 @@
 //! - `generation`: the filters of one configuration, pinned by each transaction; `failure`:
 //!   the failure policy; `delivery`: per-thread work (adopting generations, ticks,
 //!   shared-queue mailboxes, transactions owning VMs); `pause`: the pause state machine;
+//!   `loops`: the call depth of requests, so calls that come back into ATS do not loop;
 //!   `http_call`: sending calls and delivering their responses; `effects`: applying a
 //!   callback's outbox; `chain`: the request / response / close runners; `body`: body
 //!   transforms; [`startup`]: `init` and the filter loader; `reload`: reload triggers,
@@ -40,6 +41,7 @@ mod filter;
 mod generation;
 mod http_call;
 pub mod live;
+mod loops;
 mod pause;
 pub mod properties;
 mod reload;

@@ -73,6 +73,8 @@ pub fn init(args: &[String]) {
     // Compiles each distinct module once per process (and, with --module-cache, once per
     // machine and wasmtime version).
     let compiler = ModuleCompiler::new(engine.engine(), args.module_cache.clone());
+    super::backend::call_bounds::set_limits(args.max_calls_per_vm, args.max_calls_per_txn);
+    super::loops::set_max_depth(args.call_depth);
     let loader = Loader {
         max_memory_bytes: args.max_memory_bytes,
         args,

@@ -18,9 +18,20 @@
 //! an error, the timer) destroys the fetch SM and the continuation, and the outcome is posted
 //! to the caller's thread (`TSContScheduleOnThread`) — always, even when the call ended on that
 //! thread, so the handler never runs inside the guest call that started the request.
+//!
+//! Cancelling: ATS 9.2 has no call to abort a fetch from outside its events, and
+//! `TSFetchDestroy` is only safe under the fetch's mutex. [`FetchHandle::cancel`] therefore
+//! schedules an immediate event on the call's own continuation (on the caller's thread); it runs
+//! under that mutex and ends the call like its timeout does ("cancelled"). The handle knows the
+//! continuation only while the call is live: `finish` forgets it, under the handle's lock,
+//! before destroying the continuation, so a cancel never schedules onto a destroyed one.
+//! What ends the upstream side is the internal transaction itself: it is set up
+//! (`Txn::set_up_as_plugin_call`) to abort when the fetch closes its end, and to time out by
+//! itself.
 
 use std::ffi::{CString, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::headers::HeaderMap;
@@ -71,9 +82,45 @@ pub trait FetchHandler: 'static {
     fn on_fetch_done(tag: u64, outcome: FetchOutcome);
 }
 
+/// A live call's continuation, as its [`FetchHandle`] knows it.
+struct Live {
+    cont: sys::TSCont,
+    home: EventThread,
+}
+
+// SAFETY: a TSCont is an opaque handle; it is only used to schedule an event
+// (`TSContScheduleOnThread`, callable from any thread), and only while the call is live (see
+// `Live`'s owner, `FetchHandle`).
+unsafe impl Send for Live {}
+
+/// Cancels a request in flight ([`fetch`]'s result). Dropping it does not cancel.
+pub struct FetchHandle {
+    live: Arc<Mutex<Option<Live>>>,
+}
+
+fn lock(m: &Mutex<Option<Live>>) -> MutexGuard<'_, Option<Live>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl FetchHandle {
+    /// Ends the request soon, on its caller's thread, as if its timeout had passed: the fetch
+    /// is destroyed and its handler gets [`FetchOutcome::Failed`] (`"cancelled"`). Nothing
+    /// happens when it already ended (or a cancel is already on its way).
+    pub fn cancel(&self) {
+        if let Some(live) = lock(&self.live).take() {
+            // SAFETY: the continuation is live: `finish` clears this slot (under the same lock)
+            // before destroying it, and it is not cleared yet. The scheduled event keeps ATS
+            // from freeing the continuation before the event ran.
+            unsafe { sys::TSContScheduleOnThread(live.cont, 0, live.home.raw()) };
+        }
+    }
+}
+
 /// One request in flight: the data of its continuation.
 struct Call {
     fetch: sys::TSFetchSM,
+    /// Shared with the [`FetchHandle`]; emptied when the call ends.
+    live: Arc<Mutex<Option<Live>>>,
     /// The pending timeout event; null when none or when it is the event being handled.
     timer: sys::TSAction,
     home: EventThread,
@@ -88,11 +135,11 @@ fn cstring(b: &[u8]) -> Option<CString> {
 }
 
 /// Sends `req` and calls `H::on_fetch_done(tag, …)` exactly once, later, on `home` (the current
-/// thread in practice). Returns false (and calls nothing) when the request cannot be started
+/// thread in practice). Returns `None` (and calls nothing) when the request cannot be started
 /// (a NUL byte in the method or URL, or ATS refused).
-pub fn fetch<H: FetchHandler>(req: &FetchRequest<'_>, home: EventThread, tag: u64) -> bool {
+pub fn fetch<H: FetchHandler>(req: &FetchRequest<'_>, home: EventThread, tag: u64) -> Option<FetchHandle> {
     let (Some(method), Some(url)) = (cstring(req.method), cstring(req.url)) else {
-        return false;
+        return None;
     };
     // The internal transaction's client address: loopback (allowed by the default ip_allow).
     // SAFETY: a zeroed sockaddr_in is a valid value; fields are set below.
@@ -129,7 +176,7 @@ pub fn fetch<H: FetchHandler>(req: &FetchRequest<'_>, home: EventThread, tag: u6
             sys::TSMutexUnlock(mutex);
             sys::TSContDestroy(cont);
         }
-        return false;
+        return None;
     }
     let clamp = |n: usize| n.min(c_int::MAX as usize) as c_int;
     for (k, v) in req.headers {
@@ -145,8 +192,10 @@ pub fn fetch<H: FetchHandler>(req: &FetchRequest<'_>, home: EventThread, tag: u6
             sys::TSFetchHeaderAdd(fetch, c"Content-Length".as_ptr(), 14, len.as_ptr() as *const _, clamp(len.len()))
         };
     }
+    let live = Arc::new(Mutex::new(Some(Live { cont, home })));
     let call = Box::new(Call {
         fetch,
+        live: live.clone(),
         timer: std::ptr::null_mut(),
         home,
         tag,
@@ -176,7 +225,7 @@ pub fn fetch<H: FetchHandler>(req: &FetchRequest<'_>, home: EventThread, tag: u6
         }
         sys::TSMutexUnlock(mutex);
     }
-    true
+    Some(FetchHandle { live })
 }
 
 unsafe extern "C" fn fetch_event(cont: sys::TSCont, event: sys::TSEvent, _edata: *mut c_void) -> c_int {
@@ -261,6 +310,8 @@ unsafe fn on_event(_cont: sys::TSCont, call: &mut Call, event: sys::TSEvent) -> 
             call.timer = std::ptr::null_mut();
             Some(FetchOutcome::Failed("timeout"))
         }
+        // FetchHandle::cancel's event (the fetch SM sends no immediate events).
+        _ if event == sys::TS_EVENT_IMMEDIATE => Some(FetchOutcome::Failed("cancelled")),
         _ if call.head_done => Some(FetchOutcome::Failed("connection closed before the body was complete")),
         _ => Some(FetchOutcome::Failed("connection failed")),
     }
@@ -275,6 +326,8 @@ fn finish(cont: sys::TSCont, call: *mut Call, outcome: FetchOutcome) {
         sys::TSContDataSet(cont, std::ptr::null_mut());
         Box::from_raw(call)
     };
+    // From here no cancel can schedule onto the continuation destroyed below.
+    lock(&call.live).take();
     // SAFETY: the mutex is held (this runs in the continuation's handler), as cancelling the
     // timer and destroying the fetch SM require. Inside a fetch event the SM defers its own
     // cleanup until the event returns; it sends no further events to `cont`. The

@@ -1,7 +1,7 @@
 //! HTTP transactions.
 
 use std::cell::RefCell;
-use std::ffi::c_void;
+use std::ffi::{c_int, c_void};
 
 use super::headers::HeaderMap;
 use super::sys;
@@ -274,13 +274,33 @@ impl Txn {
     /// (`proxy.config.http.auth_server_session_private` = 0 for it). Measured on 9.2: with that
     /// privacy on, every such internal transaction left one idle upstream connection bound to
     /// its client session that no later transaction could use, until connections ran out.
-    pub fn set_up_as_plugin_call(self) {
+    ///
+    /// It also ends when its requester leaves: `proxy.config.http.allow_half_open` = 0 for it,
+    /// so the close of the fetch's end of the plugin connection aborts the transaction and its
+    /// upstream connection, where the default (1) kept both until the upstream answered or
+    /// ATS's own timeouts (measured on 9.2: 30 s and more). With `timeout`, the transaction's
+    /// active and connect timeouts are set to it (`TSHttpTxnActiveTimeoutSet`,
+    /// `TSHttpTxnConnectTimeoutSet`): ATS then ends it by itself too, checked about once a second.
+    pub fn set_up_as_plugin_call(self, timeout: Option<std::time::Duration>) {
         // SAFETY: live transaction, before remap (READ_REQUEST_HDR).
         unsafe {
             sys::TSSkipRemappingSet(self.0, 1);
             sys::TSHttpTxnConfigIntSet(self.0, sys::TS_CONFIG_HTTP_CACHE_HTTP, 0);
             sys::TSHttpTxnConfigIntSet(self.0, sys::TS_CONFIG_HTTP_AUTH_SERVER_SESSION_PRIVATE, 0);
+            sys::TSHttpTxnConfigIntSet(self.0, sys::TS_CONFIG_HTTP_ALLOW_HALF_OPEN, 0);
+            if let Some(t) = timeout {
+                let ms = t.as_millis().clamp(1, i32::MAX as u128) as c_int;
+                sys::TSHttpTxnActiveTimeoutSet(self.0, ms);
+                sys::TSHttpTxnConnectTimeoutSet(self.0, ms);
+            }
         }
+    }
+
+    /// The local address of the transaction's upstream connection (`TSHttpTxnOutgoingAddrGet`;
+    /// from `SEND_REQUEST_HDR` on).
+    pub fn outgoing_addr(self) -> Option<std::net::SocketAddr> {
+        // SAFETY: live transaction; ATS returns null or a valid sockaddr.
+        unsafe { super::net::to_socket_addr(sys::TSHttpTxnOutgoingAddrGet(self.0) as *const libc::sockaddr) }
     }
 
     pub(crate) fn raw(self) -> sys::TSHttpTxn {

@@ -11,7 +11,9 @@
 //!   local `200` response (`proxy_send_local_response` from the call callback) whose body is the
 //!   first call's body; otherwise the request continues (`proxy_continue_stream`) and they are
 //!   added to the origin's response. With `x-call-detach` the request does not wait: it goes on
-//!   at once and may end before the calls answer.
+//!   at once and may end before the calls answer. With `x-call-forward` every call carries the
+//!   request's own `x-call-*` headers, so a call that comes back into the proxy makes the same
+//!   calls again (a call loop, for the host's loop protection to stop).
 //! - The root context, when configured with `{"tick_call": "/path", "period_ms": 100}`, sends a
 //!   call to `origin` on every tick (one at a time) and counts answers in shared data
 //!   (`call_probe.tick_ok`); every response gets `x-tick-calls: <count>`.
@@ -149,8 +151,14 @@ impl Probe {
         let timeout = self.get_http_request_header("x-call-timeout-ms").and_then(|t| t.parse().ok()).unwrap_or(5000);
         self.read_header = self.get_http_request_header("x-call-read-header").unwrap_or_default();
         self.local = self.get_http_request_header("x-call-reply").as_deref() == Some("local");
+        let forwarded: Vec<(String, String)> = if self.get_http_request_header("x-call-forward").is_some() {
+            self.get_http_request_headers().into_iter().filter(|(k, _)| k.starts_with("x-call-")).collect()
+        } else {
+            Vec::new()
+        };
         for path in paths.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let headers = vec![(":method", "GET"), (":path", path), (":authority", "origin"), ("x-probe", "1")];
+            let mut headers = vec![(":method", "GET"), (":path", path), (":authority", "origin"), ("x-probe", "1")];
+            headers.extend(forwarded.iter().map(|(k, v)| (k.as_str(), v.as_str())));
             match self.dispatch_http_call(&upstream, headers, None, vec![], Duration::from_millis(timeout)) {
                 Ok(token) => {
                     self.tokens.insert(token, self.results.len());

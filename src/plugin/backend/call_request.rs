@@ -16,6 +16,7 @@ fn is_hop_by_hop(k: &[u8]) -> bool {
         .iter()
         .any(|h| k.eq_ignore_ascii_case(h))
         || k.eq_ignore_ascii_case(CALL_MARKER)
+        || k.eq_ignore_ascii_case(b"x-ats-wasm-loop")
 }
 
 /// Where `upstream` goes: a cluster of the filter's `upstreams:`, else a literal `host:port` or

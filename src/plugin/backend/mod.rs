@@ -5,12 +5,14 @@
 //! runner takes and applies after the callback returns.
 #![forbid(unsafe_code)]
 
+pub mod call_bounds;
 pub mod call_request;
 pub mod outbox;
 pub mod validate;
 
 use std::time::Duration;
 
+use super::live::TxnId;
 use super::properties;
 use super::stream::{Phase, StreamControl, TxnStream};
 use super::telemetry::FilterMetrics;
@@ -339,6 +341,14 @@ impl Backend for AtsBackend {
         // Calls are sent from, and answered on, an event thread.
         EventThread::current().ok_or(Status::InternalFailure)?;
         let vm = self.vm;
+        // A call past a bound is refused like one ATS could not send: the spec's status for
+        // "the host failed to send the requested HTTP call", which SDKs hand back as an error.
+        let slot = call_bounds::acquire(vm, s.map(|s| TxnId::of(s.txn))).map_err(|refused| {
+            if let Some(m) = &self.metrics {
+                m.refused_call(refused == call_bounds::Refused::Vm, call_bounds::limits());
+            }
+            Status::InternalFailure
+        })?;
         self.asked().calls.push(OutgoingCall {
             vm,
             token: req.token,
@@ -348,6 +358,7 @@ impl Backend for AtsBackend {
             headers: headers.into_iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
             body: req.body.to_vec(),
             timeout: (!req.timeout.is_zero()).then_some(req.timeout),
+            slot,
         });
         Ok(())
     }

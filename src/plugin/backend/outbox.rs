@@ -28,7 +28,7 @@ pub struct PendingLocalResponse {
 }
 
 /// An HTTP call a guest made, checked and built, waiting to be sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct OutgoingCall {
     /// The VM that made it ([`crate::abi::HostState::vm_uid`]): where the response goes.
     pub vm: u64,
@@ -46,6 +46,8 @@ pub struct OutgoingCall {
     pub body: Vec<u8>,
     /// The call's timeout; `None`: ATS's own timeouts only.
     pub timeout: Option<Duration>,
+    /// Its place in the bounds on calls in flight, held until its fetch ends.
+    pub slot: super::call_bounds::CallSlot,
 }
 
 /// What the guests of one VM asked for during the callbacks since the outbox was last taken

@@ -34,6 +34,13 @@ pub const REJECTED_WRITES: &str = "ats_wasm_rejected_writes_total";
 /// diags.log lines about refused writes: at most this many per filter and minute.
 const REJECT_LINES_PER_MINUTE: u64 = 5;
 
+/// HTTP calls refused because too many were in flight, by `reason` (`vm`: the VM's
+/// `--max-calls-per-vm`; `transaction`: the transaction's `--max-calls-per-txn`).
+pub const HTTP_CALLS_REFUSED: &str = "ats_wasm_http_calls_refused_total";
+
+/// diags.log lines about refused calls: at most this many per filter and minute.
+const REFUSED_CALL_LINES_PER_MINUTE: u64 = 5;
+
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
 /// Why a guest callback failed (see `failure_kind` in the plugin).
@@ -101,6 +108,11 @@ impl Exporter {
             "Header writes refused (BAD_ARGUMENT), by filter and reason (invalid_name, invalid_value).".into(),
         );
         self.recorder.describe_counter(
+            HTTP_CALLS_REFUSED.into(),
+            None,
+            "HTTP calls refused (INTERNAL_FAILURE) because too many were in flight, by filter and reason (vm, transaction).".into(),
+        );
+        self.recorder.describe_counter(
             FAILURE_OUTCOMES.into(),
             None,
             "Failure-policy decisions, by filter and outcome (fail_open, fail_closed).".into(),
@@ -126,6 +138,8 @@ pub struct FilterMetrics {
     outcomes: Option<[Counter; 2]>,
     rejected: Option<[Counter; 2]>,
     reject_lines: LineBudget,
+    refused_calls: Option<[Counter; 2]>,
+    refused_call_lines: LineBudget,
     ats: AtsStats,
     name: String,
 }
@@ -216,6 +230,9 @@ impl FilterMetrics {
             ["invalid_name", "invalid_value"]
                 .map(|r| e.counter(REJECTED_WRITES, vec![filter(), Label::new("reason", r)]))
         });
+        let refused_calls = exporter.map(|e| {
+            ["vm", "transaction"].map(|r| e.counter(HTTP_CALLS_REFUSED, vec![filter(), Label::new("reason", r)]))
+        });
         let timer = exporter.map(|e| Arc::new(HookTimer::new(e.clock.clone())));
         let observer = Observer(timer.clone().map(|t| t as Arc<dyn CallbackObserver>));
         Arc::new(FilterMetrics {
@@ -225,6 +242,8 @@ impl FilterMetrics {
             outcomes,
             rejected,
             reject_lines: LineBudget::new(),
+            refused_calls,
+            refused_call_lines: LineBudget::new(),
             ats,
             name: name.to_string(),
         })
@@ -241,6 +260,8 @@ impl FilterMetrics {
             outcomes: None,
             rejected: None,
             reject_lines: LineBudget::new(),
+            refused_calls: None,
+            refused_call_lines: LineBudget::new(),
             name: "test".to_string(),
             ats: AtsStats {
                 requests: None,
@@ -302,6 +323,27 @@ impl FilterMetrics {
             let more = if suppressed > 0 { format!(" ({suppressed} more such lines left out)") } else { String::new() };
             log::warning(
                 format!("ats_wasm: filter \"{}\": refused to write {what} with {why} (BAD_ARGUMENT){more}", self.name)
+                    .as_bytes(),
+            );
+        }
+    }
+
+    /// The filter's guest made an HTTP call past a bound on calls in flight — its VM's
+    /// (`per_vm`) or its transaction's; `limits` are (per VM, per transaction). Counted, and one
+    /// WARNING line, at most [`REFUSED_CALL_LINES_PER_MINUTE`] a minute per filter.
+    pub fn refused_call(&self, per_vm: bool, limits: (u32, u32)) {
+        if let Some(c) = &self.refused_calls {
+            c[usize::from(!per_vm)].increment(1);
+        }
+        if let Some(suppressed) = self.refused_call_lines.allow(REFUSED_CALL_LINES_PER_MINUTE) {
+            let why = if per_vm {
+                format!("its VM has {} calls in flight (--max-calls-per-vm)", limits.0)
+            } else {
+                format!("its transaction has {} calls in flight (--max-calls-per-txn)", limits.1)
+            };
+            let more = if suppressed > 0 { format!(" ({suppressed} more such lines left out)") } else { String::new() };
+            log::warning(
+                format!("ats_wasm: filter \"{}\": HTTP call refused: {why} (INTERNAL_FAILURE){more}", self.name)
                     .as_bytes(),
             );
         }

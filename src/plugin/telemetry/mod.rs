@@ -36,8 +36,8 @@ use std::time::Duration;
 use crate::ts::log;
 
 pub use counters::{
-    CALLBACK_FAILURES, Exporter, FAILURE_OUTCOMES, FailureReason, FilterMetrics, FilterSnapshot, REJECTED_WRITES,
-    ats_stat_name,
+    CALLBACK_FAILURES, Exporter, FAILURE_OUTCOMES, FailureReason, FilterMetrics, FilterSnapshot, HTTP_CALLS_REFUSED,
+    REJECTED_WRITES, ats_stat_name,
 };
 pub use endpoint::prepare;
 pub use reloads::{GENERATIONS, GenerationCounters, render_generations};
