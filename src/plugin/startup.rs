@@ -39,6 +39,10 @@ pub fn init(args: &[String]) {
         }
     };
 
+    // Shared data is process-wide (namespaced by vm_id): its bounds are the plugin's.
+    let (max_bytes, max_value_bytes) = (args.max_shared_data_bytes, args.max_shared_value_bytes);
+    crate::abi::Shared::global().set_limits(crate::abi::SharedLimits { max_bytes, max_value_bytes });
+
     let mut configs = Vec::new();
     for path in &args.yaml_files {
         let cfg = match config::load_filter(path, &config_dir, &|k| std::env::var(k).ok()) {

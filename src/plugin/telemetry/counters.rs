@@ -16,7 +16,7 @@ use metrics::{Counter, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use super::timing::HookTimer;
-use crate::abi::{CallbackObserver, Observer};
+use crate::abi::{CallbackObserver, Observer, SharedBound};
 use crate::ts::log;
 use crate::ts::stats::Stat;
 
@@ -30,6 +30,10 @@ pub const FAILURE_OUTCOMES: &str = "ats_wasm_failure_outcomes_total";
 /// Header writes refused because a guest wrote an invalid name or value, by `reason`
 /// (`invalid_name`, `invalid_value`).
 pub const REJECTED_WRITES: &str = "ats_wasm_rejected_writes_total";
+
+/// Shared-data and shared-queue writes refused by a bound, by `reason` (`value_size`,
+/// `total_size`, `queue_items`).
+pub const SHARED_DATA_REFUSED: &str = "ats_wasm_shared_data_refused_total";
 
 /// diags.log lines about refused writes: at most this many per filter and minute.
 const REJECT_LINES_PER_MINUTE: u64 = 5;
@@ -100,6 +104,13 @@ impl Exporter {
             "Header writes refused (BAD_ARGUMENT), by filter and reason (invalid_name, invalid_value).".into(),
         );
         self.recorder.describe_counter(
+            SHARED_DATA_REFUSED.into(),
+            None,
+            "Shared-data and queue writes refused by a bound, by filter and reason (value_size, total_size, \
+             queue_items)."
+                .into(),
+        );
+        self.recorder.describe_counter(
             FAILURE_OUTCOMES.into(),
             None,
             "Failure-policy decisions, by filter and outcome (fail_open, fail_closed).".into(),
@@ -125,6 +136,8 @@ pub struct FilterMetrics {
     outcomes: Option<[Counter; 2]>,
     rejected: Option<[Counter; 2]>,
     reject_lines: LineBudget,
+    shared_refused: Option<[Counter; SharedBound::ALL.len()]>,
+    shared_lines: LineBudget,
     ats: AtsStats,
     name: String,
 }
@@ -215,6 +228,9 @@ impl FilterMetrics {
             ["invalid_name", "invalid_value"]
                 .map(|r| e.counter(REJECTED_WRITES, vec![filter(), Label::new("reason", r)]))
         });
+        let shared_refused = exporter.map(|e| {
+            SharedBound::ALL.map(|b| e.counter(SHARED_DATA_REFUSED, vec![filter(), Label::new("reason", b.label())]))
+        });
         let timer = exporter.map(|e| Arc::new(HookTimer::new(e.clock.clone())));
         let observer = Observer(timer.clone().map(|t| t as Arc<dyn CallbackObserver>));
         Arc::new(FilterMetrics {
@@ -224,6 +240,8 @@ impl FilterMetrics {
             outcomes,
             rejected,
             reject_lines: LineBudget::new(),
+            shared_refused,
+            shared_lines: LineBudget::new(),
             ats,
             name: name.to_string(),
         })
@@ -240,6 +258,8 @@ impl FilterMetrics {
             outcomes: None,
             rejected: None,
             reject_lines: LineBudget::new(),
+            shared_refused: None,
+            shared_lines: LineBudget::new(),
             name: "test".to_string(),
             ats: AtsStats {
                 requests: None,
@@ -302,6 +322,30 @@ impl FilterMetrics {
             log::warning(
                 format!("ats_wasm: filter \"{}\": refused to write {what} with {why} (BAD_ARGUMENT){more}", self.name)
                     .as_bytes(),
+            );
+        }
+    }
+
+    /// The filter's guest wrote shared data or a queue item past `bound` and nothing was
+    /// stored: counted, and one WARNING line — at most [`REJECT_LINES_PER_MINUTE`] a minute
+    /// per filter, the next allowed line saying how many were left out.
+    pub fn shared_refused(&self, bound: SharedBound) {
+        if let Some(c) = &self.shared_refused {
+            c[bound.index()].increment(1);
+        }
+        if let Some(suppressed) = self.shared_lines.allow(REJECT_LINES_PER_MINUTE) {
+            let why = match bound {
+                SharedBound::ValueSize => "the key and value (or queue item) exceed --max-shared-value (BAD_ARGUMENT",
+                SharedBound::TotalSize => "its vm_id would hold more than --max-shared-data (INTERNAL_FAILURE",
+                SharedBound::QueueItems => "the queue already holds 10000 items (INTERNAL_FAILURE",
+            };
+            let more = if suppressed > 0 { format!("; {suppressed} more such lines left out") } else { String::new() };
+            log::warning(
+                format!(
+                    "ats_wasm: filter \"{}\": refused a shared data or queue write: {why}, nothing stored{more})",
+                    self.name
+                )
+                .as_bytes(),
             );
         }
     }
