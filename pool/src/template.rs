@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use wasmtime::{Engine, Instance, InstancePre, Module, Store};
+use wasmtime::{Engine, Instance, InstancePre, Module, Store, Trap};
 
 /// A host state factory: called once per new VM.
 type NewState<T> = dyn Fn() -> T + Send + Sync;
@@ -67,13 +67,17 @@ impl<T: Send + 'static> VmTemplate<T> {
     /// Instantiates a new VM (from the `InstancePre`: no import resolution) and runs the
     /// initializer on it under the initializer deadline. The VM is returned only if both
     /// succeeded, so a returned VM is ready; on error nothing of it survives (its pooling
-    /// allocator slot is released).
+    /// allocator slot is released). An initializer interrupted at its deadline fails with
+    /// "the initializer ran past its deadline" (the `Trap::Interrupt` stays in the chain).
     pub fn instantiate(&self) -> wasmtime::Result<Vm<T>> {
         let mut store = Store::new(&self.engine, (self.new_state)());
         store.set_epoch_deadline(self.init_deadline_ticks);
         let instance = self.pre.instantiate(&mut store)?;
         let mut vm = Vm { store, instance };
-        (self.init)(&mut vm)?;
+        (self.init)(&mut vm).map_err(|e| match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => e.context("the initializer ran past its deadline"),
+            _ => e,
+        })?;
         Ok(vm)
     }
 }

@@ -322,6 +322,7 @@ fn failing_initializer_is_reported_once_and_backs_off() {
     // No backoff: every attempt runs, only the first of a streak is reported.
     let mut cfg = PoolConfig::new(Isolation::Transaction, 1);
     cfg.backoff_min = Duration::ZERO;
+    cfg.backoff_factor = 0;
     let pool = VmPool::with_config(f.template.clone(), cfg);
     let before = calls.load(Ordering::SeqCst);
     assert!(matches!(pool.lease(), Err(PoolError::Init(_))));
@@ -335,6 +336,51 @@ fn failing_initializer_is_reported_once_and_backs_off() {
     assert!(matches!(pool.lease(), Err(PoolError::Init(_))), "a new streak is reported again");
     let st = mine(&pool);
     assert_eq!((st.init_failures, st.instantiations, st.ready, st.leased), (4, 1, 0, 0));
+}
+
+#[test]
+fn a_looping_initializer_stops_at_its_deadline_and_its_thread_backs_off_by_ten_times_that() {
+    let engine = WasmEngine::new(&opts()).unwrap();
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = calls.clone();
+    let init: Init = Box::new(move |vm| {
+        c.fetch_add(1, Ordering::SeqCst);
+        let spin = vm.instance.get_typed_func::<(), ()>(&mut vm.store, "spin")?;
+        spin.call(&mut vm.store, ())
+    });
+    let module = Module::new(engine.engine(), WAT).unwrap();
+    let pre = Linker::new(engine.engine()).instantiate_pre(&module).unwrap();
+    let drops = Arc::new(Mutex::new(Vec::new()));
+    let deadline = engine.ticks_for(Duration::from_millis(100));
+    let template = VmTemplate::new(pre, move || Host { id: 1, drops: drops.clone() }, init, deadline);
+    // A short exponential backoff: the wait comes from how long the attempt took.
+    let mut cfg = PoolConfig::new(Isolation::Shared, 1);
+    cfg.backoff_min = Duration::from_millis(1);
+    let pool = VmPool::with_config(template, cfg);
+
+    let start = Instant::now();
+    match pool.lease() {
+        Err(PoolError::Init(e)) => {
+            assert_eq!(e.downcast_ref::<Trap>(), Some(&Trap::Interrupt), "{e:#}");
+            assert!(format!("{e:#}").starts_with("the initializer ran past its deadline"), "{e:#}");
+        }
+        other => panic!("expected the initializer's interrupt, got {:?}", other.map(|_| ())),
+    }
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(80) && took < Duration::from_millis(600), "interrupted after {took:?}");
+    // For the next ten times that, leases (misses) and refills do not run the initializer.
+    let quiet = start + took * 9;
+    while Instant::now() < quiet {
+        let t = Instant::now();
+        assert!(matches!(pool.lease(), Err(PoolError::BackingOff)));
+        assert!(matches!(pool.refill(1).error, Some(PoolError::BackingOff)));
+        assert!(t.elapsed() < Duration::from_millis(20), "a backing-off lease blocks nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one attempt, not one per lease");
+    std::thread::sleep(took * 2 + Duration::from_millis(100));
+    assert!(matches!(pool.lease(), Err(PoolError::BackingOff)), "reported once per streak");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "retried after the backoff");
 }
 
 #[test]

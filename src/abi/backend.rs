@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use super::types::{BufferType, HostResult, LogLevel, MapType, Status, StreamType};
+use super::types::{BufferType, HostResult, LogLevel, MapType, SharedBound, Status, StreamType};
 
 /// A response the guest asked the host to send instead of forwarding (`proxy_send_local_response`).
 #[derive(Debug)]
@@ -196,6 +196,12 @@ pub trait Backend: Send + 'static {
     /// the queue. The default drops the notification (the item stays queued).
     fn queue_ready(&mut self, target: QueueTarget) {
         let _ = target;
+    }
+
+    /// A shared-data or shared-queue write of this VM was refused by `bound`: nothing was
+    /// stored and the guest got [`SharedBound::status`]. For counting; the default ignores it.
+    fn shared_refused(&mut self, bound: SharedBound) {
+        let _ = bound;
     }
 
     /// Appends a description of the current thread and VM pool to `out` (the `thread_info`

@@ -46,6 +46,6 @@ pub use guest::ProxyVm;
 pub use guest_metrics::{MetricSnapshot, Metrics};
 pub use hostcalls::linker_for;
 pub use observe::{Callback, CallbackObserver, Observer};
-pub use shared::Shared;
+pub use shared::{Shared, SharedLimits};
 pub use state::{HostState, HttpCallResponse, PluginInfo};
-pub use types::{Action, BufferType, LogLevel, MapType, MetricType, PeerType, Status, StreamType};
+pub use types::{Action, BufferType, LogLevel, MapType, MetricType, PeerType, SharedBound, Status, StreamType};

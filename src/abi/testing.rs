@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::backend::{Backend, HttpCallRequest, LocalResponse, QueueTarget};
 use super::buffers::apply_edit;
-use super::types::{BufferType, HostResult, LogLevel, MapType, Status, StreamType};
+use super::types::{BufferType, HostResult, LogLevel, MapType, SharedBound, Status, StreamType};
 
 /// The fields of one header map, in order.
 pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
@@ -82,6 +82,8 @@ pub struct MemoryBackend {
     pub tick_periods: Vec<Option<Duration>>,
     /// Every shared-queue notification, for the test to deliver.
     pub queue_ready: Vec<QueueTarget>,
+    /// Every shared-data or queue write refused by a bound.
+    pub shared_refused: Vec<SharedBound>,
 }
 
 impl MemoryBackend {
@@ -268,6 +270,10 @@ impl Backend for MemoryBackend {
 
     fn queue_ready(&mut self, target: QueueTarget) {
         self.queue_ready.push(target);
+    }
+
+    fn shared_refused(&mut self, bound: SharedBound) {
+        self.shared_refused.push(bound);
     }
 
     fn thread_info(&mut self, out: &mut Vec<u8>) -> HostResult {

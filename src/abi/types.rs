@@ -31,6 +31,49 @@ pub enum Status {
 /// The result of a host call body: `Err(status)` ends the call with that status.
 pub type HostResult<T = ()> = Result<T, Status>;
 
+/// A bound that refused a shared-data or queue write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SharedBound {
+    /// The key and value (or the queue item) are larger than
+    /// `max_value_bytes` ([`super::shared::SharedLimits`]): `BAD_ARGUMENT`.
+    ValueSize,
+    /// The `vm_id` would hold more than `max_bytes`: `INTERNAL_FAILURE`.
+    TotalSize,
+    /// The queue already holds [`super::shared::MAX_QUEUE_ITEMS`]: `INTERNAL_FAILURE`.
+    QueueItems,
+}
+
+impl SharedBound {
+    /// Every bound, in declaration order (`ALL[b.index()] == b`).
+    pub const ALL: [SharedBound; 3] = [SharedBound::ValueSize, SharedBound::TotalSize, SharedBound::QueueItems];
+
+    /// Its position in [`Self::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The `reason` label of `ats_wasm_shared_data_refused_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            SharedBound::ValueSize => "value_size",
+            SharedBound::TotalSize => "total_size",
+            SharedBound::QueueItems => "queue_items",
+        }
+    }
+
+    /// The status the guest gets. The spec lists none for "no room" (only `OK`,
+    /// `CAS_MISMATCH`/`NOT_FOUND` and `INVALID_MEMORY_ACCESS`); `CAS_MISMATCH`, which the Rust
+    /// SDK would hand back as an error, would send a compare-and-swap loop spinning. A value
+    /// that can never fit is the caller's argument (`BAD_ARGUMENT`); a full store is the
+    /// host's failure to do it now (`INTERNAL_FAILURE`, as for a full queue).
+    pub fn status(self) -> Status {
+        match self {
+            SharedBound::ValueSize => Status::BadArgument,
+            SharedBound::TotalSize | SharedBound::QueueItems => Status::InternalFailure,
+        }
+    }
+}
+
 /// `proxy_log_level_t`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {

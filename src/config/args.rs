@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use super::limits::{
-    CALL_DEPTH, CALLBACK_DEADLINE_MS, CALLS_IN_FLIGHT, DEFAULT_METRICS_LISTEN, DEFAULT_METRICS_PORT,
-    DEFAULT_PAUSE_TIMEOUT_MS, Isolation, MAX_VMS, PAUSE_TIMEOUT_MS, POOL_SIZE, max_memory,
+    CALL_DEPTH, CALLBACK_DEADLINE_MS, CALLS_IN_FLIGHT, DEFAULT_INIT_DEADLINE_MS, DEFAULT_METRICS_LISTEN,
+    DEFAULT_METRICS_PORT, DEFAULT_PAUSE_TIMEOUT_MS, INIT_DEADLINE_MS, Isolation, MAX_VMS, PAUSE_TIMEOUT_MS, POOL_SIZE,
+    max_memory, max_shared_data, max_shared_value,
 };
 use super::resolve;
 
@@ -21,6 +22,11 @@ pub struct PluginArgs {
     pub isolation: Isolation,
     /// `--callback-deadline-ms=N`: the longest one guest callback may run (default 100).
     pub callback_deadline_ms: u64,
+    /// `--init-deadline-ms=N`: the longest one run of a VM's initializer (`_initialize`,
+    /// `proxy_on_vm_start`, `proxy_on_configure`) may take in `shared` isolation (default
+    /// [`DEFAULT_INIT_DEADLINE_MS`]); a `transaction`-isolation VM's initializer has the
+    /// callback deadline.
+    pub init_deadline_ms: u64,
     /// `--pause-timeout-ms=N|off`: the longest a filter may keep a request or response paused
     /// before its failure policy decides (default [`DEFAULT_PAUSE_TIMEOUT_MS`]); `None` (`off`)
     /// leaves paused transactions to ATS's own timeouts.
@@ -30,6 +36,12 @@ pub struct PluginArgs {
     /// `--max-vms=N`: how many VMs may exist at once across threads and filters (default
     /// 1000); each reserves address space for `--max-memory` plus guard pages.
     pub max_vms: u32,
+    /// `--max-shared-data=SIZE`: the most shared data and queued items one `vm_id` may hold
+    /// (default 64M).
+    pub max_shared_data_bytes: usize,
+    /// `--max-shared-value=SIZE`: the largest shared-data key with its value, or queue item
+    /// (default 1M).
+    pub max_shared_value_bytes: usize,
     /// `--metrics-listen=ADDR|off`: where the Prometheus endpoint listens (default
     /// [`DEFAULT_METRICS_LISTEN`]); `None` (`off`) serves nothing and times nothing.
     pub metrics_listen: Option<SocketAddr>,
@@ -55,9 +67,12 @@ impl Default for PluginArgs {
             pool_size: 1,
             isolation: Isolation::Shared,
             callback_deadline_ms: 100,
+            init_deadline_ms: DEFAULT_INIT_DEADLINE_MS,
             pause_timeout_ms: Some(DEFAULT_PAUSE_TIMEOUT_MS),
             max_memory_bytes: 64 << 20,
             max_vms: 1000,
+            max_shared_data_bytes: 64 << 20,
+            max_shared_value_bytes: 1 << 20,
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT))),
             module_cache: None,
             call_depth: 1,
@@ -70,7 +85,8 @@ impl Default for PluginArgs {
 
 /// The usage line shown with argument errors.
 pub const USAGE: &str = "usage: libats_wasm.so [--pool-size=N] [--isolation=shared|transaction] \
-    [--callback-deadline-ms=N] [--pause-timeout-ms=N|off] [--max-memory=SIZE] [--max-vms=N] [--metrics-listen=ADDR:PORT|off] [--module-cache=DIR|off] \
+    [--callback-deadline-ms=N] [--init-deadline-ms=N] [--pause-timeout-ms=N|off] [--max-memory=SIZE] [--max-vms=N] \
+    [--max-shared-data=SIZE] [--max-shared-value=SIZE] [--metrics-listen=ADDR:PORT|off] [--module-cache=DIR|off] \
     [--call-depth=N] [--max-calls-per-vm=N] [--max-calls-per-txn=N] FILTER.yaml [FILTER.yaml ...]";
 
 /// Parses the plugin's arguments (`args[0]` is the plugin path ATS passes first).
@@ -87,6 +103,7 @@ pub fn parse_args(args: &[String], config_dir: &Path) -> Result<PluginArgs, Stri
                 "pool-size" => out.pool_size = POOL_SIZE.parse(&flag, value)? as usize,
                 "isolation" => out.isolation = Isolation::parse(&flag, value)?,
                 "callback-deadline-ms" => out.callback_deadline_ms = CALLBACK_DEADLINE_MS.parse(&flag, value)?,
+                "init-deadline-ms" => out.init_deadline_ms = INIT_DEADLINE_MS.parse(&flag, value)?,
                 "pause-timeout-ms" => {
                     out.pause_timeout_ms = match value {
                         "off" => None,
@@ -95,6 +112,8 @@ pub fn parse_args(args: &[String], config_dir: &Path) -> Result<PluginArgs, Stri
                 }
                 "max-memory" => out.max_memory_bytes = max_memory(&flag, value)?,
                 "max-vms" => out.max_vms = MAX_VMS.parse(&flag, value)? as u32,
+                "max-shared-data" => out.max_shared_data_bytes = max_shared_data(&flag, value)?,
+                "max-shared-value" => out.max_shared_value_bytes = max_shared_value(&flag, value)?,
                 "metrics-listen" => {
                     out.metrics_listen = match value {
                         "off" => None,

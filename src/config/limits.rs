@@ -35,6 +35,13 @@ pub(super) const CALLBACK_DEADLINE_MS: WholeNumber = WholeNumber { min: 1, max: 
 /// `config.pause_timeout_ms` (both also take `off`); at most one hour.
 pub(super) const PAUSE_TIMEOUT_MS: WholeNumber = WholeNumber { min: 1, max: 3_600_000 };
 
+/// The longest a VM's initializer (`_initialize`, `proxy_on_vm_start`, `proxy_on_configure`)
+/// may run: `--init-deadline-ms`.
+pub(super) const INIT_DEADLINE_MS: WholeNumber = WholeNumber { min: 1, max: 60_000 };
+
+/// The default of `--init-deadline-ms`.
+pub const DEFAULT_INIT_DEADLINE_MS: u64 = 1000;
+
 /// How many VMs may exist at once: `--max-vms`.
 pub(super) const MAX_VMS: WholeNumber = WholeNumber { min: 1, max: 20_000 };
 
@@ -80,6 +87,22 @@ pub(super) fn max_memory(flag: &str, text: &str) -> Result<usize, String> {
     match parse_size(text) {
         Some(n) if (1 << 20..=4 << 30).contains(&n) => Ok(n),
         _ => Err(format!("{flag}: expected a size from 1M to 4G (e.g. 64M), got \"{text}\"")),
+    }
+}
+
+/// Parses `--max-shared-data`: a size from 64K to 64G.
+pub(super) fn max_shared_data(flag: &str, text: &str) -> Result<usize, String> {
+    match parse_size(text) {
+        Some(n) if (64 << 10..=64 << 30).contains(&n) => Ok(n),
+        _ => Err(format!("{flag}: expected a size from 64K to 64G (e.g. 64M), got \"{text}\"")),
+    }
+}
+
+/// Parses `--max-shared-value`: a size from 1K to 1G.
+pub(super) fn max_shared_value(flag: &str, text: &str) -> Result<usize, String> {
+    match parse_size(text) {
+        Some(n) if (1 << 10..=1 << 30).contains(&n) => Ok(n),
+        _ => Err(format!("{flag}: expected a size from 1K to 1G (e.g. 1M), got \"{text}\"")),
     }
 }
 

@@ -31,8 +31,8 @@ use std::path::{Path, PathBuf};
 pub use args::{PluginArgs, USAGE, parse_args};
 pub use filter::{Bodies, FilterConfig, load_filter, parse_filter};
 pub use limits::{
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_METRICS_LISTEN, DEFAULT_METRICS_PORT, DEFAULT_PAUSE_TIMEOUT_MS, Isolation,
-    parse_size,
+    DEFAULT_INIT_DEADLINE_MS, DEFAULT_MAX_BODY_BYTES, DEFAULT_METRICS_LISTEN, DEFAULT_METRICS_PORT,
+    DEFAULT_PAUSE_TIMEOUT_MS, Isolation, parse_size,
 };
 pub use plugin_line::plugin_line;
 pub use upstream::{Scheme, Upstream};

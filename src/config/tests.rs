@@ -372,3 +372,22 @@ fn scalars_keep_the_types_and_texts_of_the_previous_yaml_reader() {
     assert_eq!((f.name.as_str(), f.root_id.as_str()), ("n1", "n1"));
     assert_eq!(f.unknown_keys, vec!["config.bogus".to_string()]);
 }
+
+#[test]
+fn shared_data_bounds_and_the_init_deadline_have_defaults_and_ranges() {
+    let a = args(&["a.yaml"]).unwrap();
+    assert_eq!((a.max_shared_data_bytes, a.max_shared_value_bytes), (64 << 20, 1 << 20));
+    assert_eq!(a.init_deadline_ms, 1000);
+    let a = args(&["--max-shared-data=8M", "--max-shared-value=16K", "--init-deadline-ms=250", "a.yaml"]).unwrap();
+    assert_eq!((a.max_shared_data_bytes, a.max_shared_value_bytes, a.init_deadline_ms), (8 << 20, 16 << 10, 250));
+    assert_eq!(
+        args(&["--max-shared-data=1K", "a.yaml"]).unwrap_err(),
+        "--max-shared-data: expected a size from 64K to 64G (e.g. 64M), got \"1K\""
+    );
+    assert!(args(&["--max-shared-value=2G", "a.yaml"]).unwrap_err().starts_with("--max-shared-value: expected a size"));
+    assert!(
+        args(&["--init-deadline-ms=0", "a.yaml"])
+            .unwrap_err()
+            .starts_with("--init-deadline-ms: expected a whole number from 1 to 60000, got \"0\"")
+    );
+}

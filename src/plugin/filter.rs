@@ -94,8 +94,13 @@ impl Filter {
             allowed_capabilities: cfg.allowed_capabilities.clone(),
             observer: metrics.observer(),
         });
-        // The initializer may parse configuration: give it more time than one callback.
-        let init_ticks = deadline_ticks.saturating_mul(10).max(5000);
+        // Every run of the initializer (start-up, a thread's first VM, a replacement, a fresh
+        // `transaction` VM) has its own deadline: `--init-deadline-ms`, or in `transaction`
+        // isolation, where a transaction waits for it, the callback deadline.
+        let init_ticks = match isolation {
+            PoolIsolation::Shared => engine.ticks_for(Duration::from_millis(args.init_deadline_ms)),
+            PoolIsolation::Transaction => deadline_ticks,
+        };
         let upstreams: Arc<[(String, crate::config::Upstream)]> = cfg.upstreams.clone().into();
         let filter_metrics = metrics.clone();
         let template = VmTemplate::new(

@@ -49,6 +49,10 @@ pub fn init(args: &[String]) {
     let args = parsed;
     let Ok(configs) = read_configs(&args.yaml_files, &config_dir, false) else { return };
 
+    // Shared data is process-wide (namespaced by vm_id): its bounds are the plugin's.
+    let (max_bytes, max_value_bytes) = (args.max_shared_data_bytes, args.max_shared_value_bytes);
+    crate::abi::Shared::global().set_limits(crate::abi::SharedLimits { max_bytes, max_value_bytes });
+
     let shortest_deadline_ms = configs
         .iter()
         .map(|(_, c)| c.callback_deadline_ms.unwrap_or(args.callback_deadline_ms))

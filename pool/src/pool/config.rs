@@ -28,16 +28,22 @@ pub struct PoolConfig {
     pub backoff_min: Duration,
     /// The longest wait between creation attempts on a thread.
     pub backoff_max: Duration,
+    /// The wait after a failed creation is also at least this many times as long as that
+    /// attempt took, so an initializer that fails slowly (e.g. at its deadline) keeps its
+    /// thread busy at most about 1/(factor + 1) of the time.
+    pub backoff_factor: u32,
 }
 
 impl PoolConfig {
-    /// `size` VMs per thread in `isolation` mode, backing off 100 ms to 30 s after failures.
+    /// `size` VMs per thread in `isolation` mode, backing off 100 ms to 30 s after failures,
+    /// and at least 10 times as long as the failed attempt took.
     pub fn new(isolation: Isolation, size: usize) -> Self {
         Self {
             isolation,
             size: size.max(1),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
+            backoff_factor: 10,
         }
     }
 }

@@ -71,13 +71,15 @@ impl<T: Send + 'static> VmPool<T> {
         Ok(())
     }
 
-    /// Creates a ready VM, honouring and updating this thread's backoff.
+    /// Creates a ready VM, honouring and updating this thread's backoff (used by refills and by
+    /// leases that miss alike, so a failing filter is not retried per transaction).
     pub(super) fn create(&self, tp: &mut ThreadPool<T>) -> Result<Vm<T>, PoolError> {
         if let Some(at) = tp.retry_at
             && Instant::now() < at
         {
             return Err(PoolError::BackingOff);
         }
+        let started = Instant::now();
         match self.template.instantiate() {
             Ok(vm) => {
                 add(&tp.home.counters.instantiations, 1);
@@ -92,7 +94,9 @@ impl<T: Send + 'static> VmPool<T> {
                 add(&tp.home.counters.init_failures, 1);
                 tp.failures = tp.failures.saturating_add(1);
                 let doublings = tp.failures.saturating_sub(1).min(20);
-                let backoff = self.config.backoff_min.saturating_mul(1 << doublings).min(self.config.backoff_max);
+                let exponential = self.config.backoff_min.saturating_mul(1 << doublings);
+                let slow = started.elapsed().saturating_mul(self.config.backoff_factor);
+                let backoff = exponential.max(slow).min(self.config.backoff_max);
                 tp.retry_at = Some(Instant::now() + backoff);
                 // Slow path: one swap per failure decides who reports it.
                 if self.failing.swap(true, Ordering::Relaxed) {

@@ -7,6 +7,7 @@ use wasmtime::{Caller, Memory};
 
 use crate::abi::backend::Backend;
 use crate::abi::memory::{check_u32, slice, slice_mut, write_u32};
+use crate::abi::shared::{SharedError, SharedResult};
 use crate::abi::state::HostState;
 use crate::abi::types::{HostResult, Status};
 
@@ -124,4 +125,16 @@ pub(super) fn check_ret<B: Backend>(c: &Ctx<'_, B>, ptr: i32) -> HostResult {
 pub(super) fn put_u32<B: Backend>(c: &mut Ctx<'_, B>, ptr: i32, v: u32) -> HostResult {
     let memory = memory(c)?;
     write_u32(memory.data_mut(c), ptr, v)
+}
+
+/// A shared-data or queue write's result as the guest sees it; a refusal by one of the
+/// store's bounds is told to the backend ([`Backend::shared_refused`]) first.
+#[inline]
+pub(super) fn shared_status<B: Backend, T>(st: &mut HostState<B>, r: SharedResult<T>) -> HostResult<T> {
+    r.map_err(|e| {
+        if let SharedError::Refused(bound) = e {
+            st.backend.shared_refused(bound);
+        }
+        e.status()
+    })
 }

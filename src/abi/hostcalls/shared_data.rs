@@ -6,7 +6,9 @@
 use crate::abi::backend::Backend;
 use crate::abi::memory::slice;
 
-use super::caller::{Ctx, HostCallResult, HostError, check_ret, copy_out_scratch, memory, put_u32, read_guest};
+use super::caller::{
+    Ctx, HostCallResult, HostError, check_ret, copy_out_scratch, memory, put_u32, read_guest, shared_status,
+};
 
 /// `proxy_get_shared_data(key_data, key_size, return_value_data, return_value_size,
 /// return_cas)`: the value and its version (the CAS value); `NOT_FOUND` when absent.
@@ -36,7 +38,9 @@ pub(super) fn proxy_get_shared_data<B: Backend>(
 }
 
 /// `proxy_set_shared_data(key_data, key_size, value_data, value_size, cas)`: sets the value
-/// when `cas` is 0 or the key's current version; `CAS_MISMATCH` otherwise.
+/// when `cas` is 0 or the key's current version; `CAS_MISMATCH` otherwise. Past the store's
+/// bounds: `BAD_ARGUMENT` (key and value too large) or `INTERNAL_FAILURE` (the `vm_id` is
+/// full), nothing stored ([`crate::abi::shared`]).
 #[inline]
 pub(super) fn proxy_set_shared_data<B: Backend>(
     c: &mut Ctx<'_, B>,
@@ -50,6 +54,7 @@ pub(super) fn proxy_set_shared_data<B: Backend>(
     let (mem, st) = memory.data_and_store_mut(&mut *c);
     let key = slice(mem, kp, kl)?;
     let value = slice(mem, vp, vl)?;
-    st.shared.set(&st.plugin.vm_id, key, value, cas as u32)?;
+    let r = st.shared.set(&st.plugin.vm_id, key, value, cas as u32);
+    shared_status(st, r)?;
     Ok(())
 }

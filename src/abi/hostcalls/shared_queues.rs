@@ -8,10 +8,11 @@
 use crate::abi::backend::{Backend, QueueTarget};
 use crate::abi::memory::{slice, write_u32};
 
-use super::caller::{Ctx, HostCallResult, check_ret, copy_out_scratch, memory};
+use super::caller::{Ctx, HostCallResult, check_ret, copy_out_scratch, memory, shared_status};
 
 /// `proxy_register_shared_queue(queue_name_data, queue_name_size, return_queue_id)`: the
-/// queue of that name in the filter's `vm_id`, owned by this VM's root context from now on.
+/// queue of that name in the filter's `vm_id`, owned by this VM's root context from now on
+/// (`INTERNAL_FAILURE` when a new queue would not fit in the `vm_id`'s bound).
 #[inline]
 pub(super) fn proxy_register_shared_queue<B: Backend>(
     c: &mut Ctx<'_, B>,
@@ -24,7 +25,8 @@ pub(super) fn proxy_register_shared_queue<B: Backend>(
     let (mem, st) = memory.data_and_store_mut(&mut *c);
     let name = slice(mem, np, nl)?;
     let owner = QueueTarget { vm: st.vm_uid, context_id: st.root_context_id, queue_id: 0 };
-    let id = st.shared.register_queue(&st.plugin.vm_id, name, owner)?;
+    let r = st.shared.register_queue(&st.plugin.vm_id, name, owner);
+    let id = shared_status(st, r)?;
     write_u32(mem, ret, id)?;
     Ok(())
 }
@@ -51,13 +53,15 @@ pub(super) fn proxy_resolve_shared_queue<B: Backend>(
 }
 
 /// `proxy_enqueue_shared_queue(queue_id, value_data, value_size)`: appends the value and tells
-/// the backend that the queue's owner has an item to read.
+/// the backend that the queue's owner has an item to read. A full queue or `vm_id`
+/// (`INTERNAL_FAILURE`) or an item over the value bound (`BAD_ARGUMENT`) stores nothing.
 #[inline]
 pub(super) fn proxy_enqueue_shared_queue<B: Backend>(c: &mut Ctx<'_, B>, id: i32, vp: i32, vl: i32) -> HostCallResult {
     let memory = memory(c)?;
     let (mem, st) = memory.data_and_store_mut(&mut *c);
     let value = slice(mem, vp, vl)?;
-    let target = st.shared.enqueue(id as u32, value)?;
+    let r = st.shared.enqueue(id as u32, value);
+    let target = shared_status(st, r)?;
     st.backend.queue_ready(target);
     Ok(())
 }

@@ -18,7 +18,7 @@ use super::stream::{Phase, StreamControl, TxnStream};
 use super::telemetry::FilterMetrics;
 use crate::abi::buffers::apply_edit;
 use crate::abi::types::HostResult;
-use crate::abi::{Backend, BufferType, LocalResponse, LogLevel, MapType, QueueTarget, Status, StreamType};
+use crate::abi::{Backend, BufferType, LocalResponse, LogLevel, MapType, QueueTarget, SharedBound, Status, StreamType};
 use crate::ts::headers::HeaderMap;
 use crate::ts::hooks::EventThread;
 use crate::ts::log;
@@ -324,6 +324,12 @@ impl Backend for AtsBackend {
 
     fn queue_ready(&mut self, target: QueueTarget) {
         self.asked().queue_notices.push(target);
+    }
+
+    fn shared_refused(&mut self, bound: SharedBound) {
+        if let Some(m) = &self.metrics {
+            m.shared_refused(bound);
+        }
     }
 
     fn set_tick_period(&mut self, _period: Option<Duration>) -> HostResult {

@@ -16,7 +16,7 @@ use metrics::{Counter, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use super::timing::HookTimer;
-use crate::abi::{CallbackObserver, Observer};
+use crate::abi::{CallbackObserver, Observer, SharedBound};
 use crate::ts::log;
 use crate::ts::stats::Stat;
 
@@ -30,6 +30,10 @@ pub const FAILURE_OUTCOMES: &str = "ats_wasm_failure_outcomes_total";
 /// Header writes refused because a guest wrote an invalid name or value, by `reason`
 /// (`invalid_name`, `invalid_value`).
 pub const REJECTED_WRITES: &str = "ats_wasm_rejected_writes_total";
+
+/// Shared-data and shared-queue writes refused by a bound, by `reason` (`value_size`,
+/// `total_size`, `queue_items`).
+pub const SHARED_DATA_REFUSED: &str = "ats_wasm_shared_data_refused_total";
 
 /// diags.log lines about refused writes: at most this many per filter and minute.
 const REJECT_LINES_PER_MINUTE: u64 = 5;
@@ -113,6 +117,13 @@ impl Exporter {
             "HTTP calls refused (INTERNAL_FAILURE) because too many were in flight, by filter and reason (vm, transaction).".into(),
         );
         self.recorder.describe_counter(
+            SHARED_DATA_REFUSED.into(),
+            None,
+            "Shared-data and queue writes refused by a bound, by filter and reason (value_size, total_size, \
+             queue_items)."
+                .into(),
+        );
+        self.recorder.describe_counter(
             FAILURE_OUTCOMES.into(),
             None,
             "Failure-policy decisions, by filter and outcome (fail_open, fail_closed).".into(),
@@ -140,6 +151,8 @@ pub struct FilterMetrics {
     reject_lines: LineBudget,
     refused_calls: Option<[Counter; 2]>,
     refused_call_lines: LineBudget,
+    shared_refused: Option<[Counter; SharedBound::ALL.len()]>,
+    shared_lines: LineBudget,
     ats: AtsStats,
     name: String,
 }
@@ -233,6 +246,9 @@ impl FilterMetrics {
         let refused_calls = exporter.map(|e| {
             ["vm", "transaction"].map(|r| e.counter(HTTP_CALLS_REFUSED, vec![filter(), Label::new("reason", r)]))
         });
+        let shared_refused = exporter.map(|e| {
+            SharedBound::ALL.map(|b| e.counter(SHARED_DATA_REFUSED, vec![filter(), Label::new("reason", b.label())]))
+        });
         let timer = exporter.map(|e| Arc::new(HookTimer::new(e.clock.clone())));
         let observer = Observer(timer.clone().map(|t| t as Arc<dyn CallbackObserver>));
         Arc::new(FilterMetrics {
@@ -244,6 +260,8 @@ impl FilterMetrics {
             reject_lines: LineBudget::new(),
             refused_calls,
             refused_call_lines: LineBudget::new(),
+            shared_refused,
+            shared_lines: LineBudget::new(),
             ats,
             name: name.to_string(),
         })
@@ -262,6 +280,8 @@ impl FilterMetrics {
             reject_lines: LineBudget::new(),
             refused_calls: None,
             refused_call_lines: LineBudget::new(),
+            shared_refused: None,
+            shared_lines: LineBudget::new(),
             name: "test".to_string(),
             ats: AtsStats {
                 requests: None,
@@ -345,6 +365,30 @@ impl FilterMetrics {
             log::warning(
                 format!("ats_wasm: filter \"{}\": HTTP call refused: {why} (INTERNAL_FAILURE){more}", self.name)
                     .as_bytes(),
+            );
+        }
+    }
+
+    /// The filter's guest wrote shared data or a queue item past `bound` and nothing was
+    /// stored: counted, and one WARNING line — at most [`REJECT_LINES_PER_MINUTE`] a minute
+    /// per filter, the next allowed line saying how many were left out.
+    pub fn shared_refused(&self, bound: SharedBound) {
+        if let Some(c) = &self.shared_refused {
+            c[bound.index()].increment(1);
+        }
+        if let Some(suppressed) = self.shared_lines.allow(REJECT_LINES_PER_MINUTE) {
+            let why = match bound {
+                SharedBound::ValueSize => "the key and value (or queue item) exceed --max-shared-value (BAD_ARGUMENT",
+                SharedBound::TotalSize => "its vm_id would hold more than --max-shared-data (INTERNAL_FAILURE",
+                SharedBound::QueueItems => "the queue already holds 10000 items (INTERNAL_FAILURE",
+            };
+            let more = if suppressed > 0 { format!("; {suppressed} more such lines left out") } else { String::new() };
+            log::warning(
+                format!(
+                    "ats_wasm: filter \"{}\": refused a shared data or queue write: {why}, nothing stored{more})",
+                    self.name
+                )
+                .as_bytes(),
             );
         }
     }
