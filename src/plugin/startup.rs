@@ -48,11 +48,8 @@ pub fn init(args: &[String]) {
                 continue;
             }
         };
-        if !cfg.unknown_keys.is_empty() {
-            log::warning(
-                format!("ats_wasm: {}: unknown keys ignored: {}", path.display(), cfg.unknown_keys.join(", "))
-                    .as_bytes(),
-            );
+        for w in cfg.warnings() {
+            log::warning(format!("ats_wasm: {w}").as_bytes());
         }
         configs.push((path, cfg));
     }
