@@ -11,7 +11,7 @@ use ats_wasm_pool::{
 use super::backend::AtsBackend;
 use super::diags::one_line;
 use super::telemetry::{Exporter, FilterMetrics};
-use crate::abi::{HostState, PluginInfo, guest, linker_for, validate_module};
+use crate::abi::{HostState, PluginInfo, guest, link, validate_module};
 use crate::config::{Bodies, FilterConfig, Isolation, PluginArgs};
 use crate::ts::log;
 
@@ -73,8 +73,9 @@ impl Filter {
         }
         let module = compiled.module;
         validate_module(&module).map_err(|e| format!("invalid module {}: {e}", path.display()))?;
-        let linker = linker_for::<AtsBackend>(&module)
+        let (linker, stubs) = link::<AtsBackend>(&module)
             .map_err(|e| format!("cannot link module {}: {}", path.display(), one_line(&e)))?;
+        super::diags::warn_stubs(&cfg.name, &stubs);
         let pre = linker
             .instantiate_pre(&module)
             .map_err(|e| format!("cannot link module {}: {}", path.display(), one_line(&e)))?;
