@@ -9,7 +9,6 @@ use ats_wasm_pool::PoolError;
 
 use super::backend::{self, PendingLocalResponse};
 use super::delivery;
-use super::diags::one_line;
 use super::live;
 use super::stream::{Phase, StreamControl, TxnStream};
 use super::{FilterCtx, Plugin, TxnState};
@@ -110,7 +109,11 @@ impl Plugin {
             };
             let r = f.pool.with_leased(&mut lease, |vm| {
                 let result = guest::create_stream_context(vm, stream)
-                    .and_then(|ctx| Ok((ctx, guest::on_request_headers(vm, ctx, num_headers, eos)?)));
+                    .map_err(|e| ("proxy_on_context_create", e))
+                    .and_then(|ctx| match guest::on_request_headers(vm, ctx, num_headers, eos) {
+                        Ok(action) => Ok((ctx, action)),
+                        Err(e) => Err(("proxy_on_request_headers", e)),
+                    });
                 (result, vm.store.data_mut().backend.take_outbox())
             });
             let resume = match r {
@@ -144,7 +147,7 @@ impl Plugin {
                             }
                             Resume::Continue
                         }
-                        (Err(e), _) => self.guest_failed(f, lease, "proxy_on_request_headers", &e),
+                        (Err((what, e)), _) => self.guest_failed(f, lease, what, &e),
                     }
                 }
                 Err(e) => {
@@ -304,10 +307,9 @@ impl Plugin {
     pub(super) fn refill(&self) {
         for f in &self.filters {
             let r = f.pool.refill(f.pool_size);
-            if let Some(e @ PoolError::Init(_)) = &r.error {
-                log::error(
-                    format!("ats_wasm: filter \"{}\": creating a VM failed: {}", f.name, one_line(e)).as_bytes(),
-                );
+            if let Some(PoolError::Init(e)) = &r.error {
+                let why = super::failure::init_failure(e, self.max_memory_bytes);
+                log::error(format!("ats_wasm: filter \"{}\": creating a VM failed: {why}", f.name).as_bytes());
             }
         }
     }

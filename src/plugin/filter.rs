@@ -108,9 +108,10 @@ impl Filter {
             init_ticks,
         );
         // Prove the module starts before taking traffic.
-        let probe = template
-            .instantiate()
-            .map_err(|e| format!("module {} failed to start: {}", path.display(), one_line(&e)))?;
+        let probe = template.instantiate().map_err(|e| {
+            let why = super::failure::init_failure(&e, args.max_memory_bytes);
+            format!("module {} failed to start: {why}", path.display())
+        })?;
         let tick_period = probe.store.data().tick_period();
         drop(probe);
         let tick_pool = (tick_period.is_some() && isolation == PoolIsolation::Transaction)
