@@ -6,11 +6,13 @@
 
 use std::path::{Path, PathBuf};
 
-use super::limits::{CALLBACK_DEADLINE_MS, DEFAULT_MAX_BODY_BYTES, Isolation, PAUSE_TIMEOUT_MS, POOL_SIZE, parse_size};
+use super::limits::{
+    CALLBACK_DEADLINE_MS, DEFAULT_MAX_BODY_BYTES, Isolation, MAX_FILE_BYTES, PAUSE_TIMEOUT_MS, POOL_SIZE, parse_size,
+};
 use super::resolve;
 use super::schema::TopLevel;
 use super::upstream::Upstream;
-use super::yaml::{self, Field, MAX_FILE_BYTES, Map, Mapping, Node};
+use super::yaml::{self, Field, Map, Mapping, Node};
 
 /// Which message bodies a filter filters (`config.bodies`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

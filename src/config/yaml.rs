@@ -21,6 +21,8 @@ use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
+use super::limits::{MAX_REPLAYED_EVENTS, MAX_TEXT_BYTES, MAX_VALUES};
+
 /// A key's value and the key as written (one of its aliases, say), `None` when absent.
 #[derive(Default)]
 pub(super) struct Field<T> {
@@ -407,18 +409,6 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Watch<'_, D> {
     }
 }
 
-/// The most values (scalars, lists, maps) one file may expand to, aliases expanded.
-pub(super) const MAX_VALUES: usize = 100_000;
-
-/// The most scalar text one file may expand to, aliases expanded (4 × [`MAX_FILE_BYTES`]).
-pub(super) const MAX_TEXT_BYTES: usize = 4 << 20;
-
-/// The largest filter file read (1 MiB); a larger one is an error.
-pub(super) const MAX_FILE_BYTES: u64 = 1 << 20;
-
-/// The most `*alias` events serde-saphyr replays in one file.
-const MAX_REPLAYED_EVENTS: usize = 10_000;
-
 /// What the reading of one file shares with the nodes it builds (serde passes a value no
 /// context of its own): the text, for written scalars, the key just read, for [`Field`], what
 /// was built so far (for the bounds) and where each document starts.
@@ -456,8 +446,7 @@ thread_local! {
     static READING: RefCell<Reading> = RefCell::new(Reading::default());
 }
 
-/// A filter file's first document, and the lines where the documents after it (ignored)
-/// start.
+/// A filter file's first document, and where the documents after it (ignored) start.
 pub(super) struct Loaded<T> {
     /// The first document (`None` if the file has none).
     pub first: Option<Mapping<T>>,
@@ -472,7 +461,7 @@ pub(super) struct Loaded<T> {
 /// Bounds, so a small file cannot take the host's memory or time ("billion laughs"): at most
 /// [`MAX_REPLAYED_EVENTS`] alias replays, [`MAX_VALUES`] values and [`MAX_TEXT_BYTES`] of
 /// scalar text built (aliases expanded), 1,000 anchors, 64 levels of nesting, 64 documents.
-/// ([`MAX_FILE_BYTES`] is checked by the caller, which reads the file.)
+/// ([`MAX_FILE_BYTES`](super::limits::MAX_FILE_BYTES) is checked by the caller, which reads the file.)
 pub(super) fn load<T: serde::de::DeserializeOwned>(text: &str) -> Result<Loaded<T>, String> {
     READING.with(|r| *r.borrow_mut() = Reading { source: text.to_owned(), ..Reading::default() });
     let mut options = serde_saphyr::Options::default();
@@ -484,9 +473,8 @@ pub(super) fn load<T: serde::de::DeserializeOwned>(text: &str) -> Result<Loaded<
     options.non_finite_float_policy = serde_saphyr::options::NonFiniteFloatPolicy::PassThrough;
     options.with_snippet = false;
     options.alias_limits.max_total_replayed_events = MAX_REPLAYED_EVENTS;
+    // serde-saphyr's counts (with what it skips for us) are a backstop at twice ours.
     let mut budget = options.budget.take().unwrap_or_default();
-    // serde-saphyr's own counts (which include what it skips for us) are a backstop at twice
-    // ours, so that ours, with the clearer error, is hit first.
     budget.max_nodes = 2 * MAX_VALUES;
     budget.max_aliases = MAX_REPLAYED_EVENTS;
     budget.max_anchors = 1_000;
