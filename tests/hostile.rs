@@ -1,11 +1,17 @@
-//! A guest is untrusted input: what it writes into requests and responses is validated in a
-//! real `traffic_server`. A header value with CR/LF (or a name that is not a token) would reach
-//! the origin or the client as extra header lines; it is refused with `BAD_ARGUMENT`, counted
-//! and reported, and nothing of it is written.
+//! A guest is untrusted input, and so is a filter file, in a real `traffic_server`:
+//! - what a guest writes into requests and responses is validated: a header value with CR/LF
+//!   (or a name that is not a token) would reach the origin or the client as extra header
+//!   lines; it is refused with `BAD_ARGUMENT`, counted and reported, and nothing is written;
+//! - a YAML alias bomb, a file over 1 MiB and extra YAML documents are one line each, and ATS
+//!   starts promptly and serves; an import the host does not provide is one WARNING;
+//! - each failure line names the callback and the limit hit (memory cap after a refused
+//!   `memory.grow`, context creation, a tick's deadline, a VM that fails to start), once;
+//! - failure lines are a few a minute per filter and reason, then a summary; the counters
+//!   count every failure.
 
 mod harness;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use harness::{Ats, Client, example_wasm, filter_yaml};
 
@@ -143,4 +149,173 @@ fn refused_writes_are_reported_a_few_lines_a_minute_and_counted_exactly() {
     let traps = sample(&ats, "ats_wasm_callback_failures_total{filter=\"inject\",reason=\"trap\"}");
     assert!(rejected.is_some_and(|n| n >= 20.0), "{rejected:?}");
     assert_eq!(rejected, traps, "each refused write made the SDK trap once:\n{}", scrape(&ats));
+}
+
+/// Lines of diags.log containing `needle`.
+fn lines_with(ats: &Ats, needle: &str) -> Vec<String> {
+    ats.diags_log().lines().filter(|l| l.contains(needle)).map(String::from).collect()
+}
+
+/// traffic_server's peak resident memory (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn hostile_filter_files_are_one_line_each_and_ats_starts_promptly_and_serves() {
+    let add_headers = example_wasm("add-headers");
+    let good = filter_yaml("second-doc", &add_headers, r#"{"request_headers": {"x-doc": "first"}}"#);
+    // A "billion laughs" (9^10 values if expanded) in a few hundred bytes.
+    let mut bomb = String::from("a: &a [lol,lol,lol,lol,lol,lol,lol,lol,lol]\n");
+    let names = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j'];
+    for w in names.windows(2) {
+        bomb += &format!("{}: &{} [{}]\n", w[1], w[1], vec![format!("*{}", w[0]); 9].join(","));
+    }
+    bomb += &format!(
+        "config:\n  configuration: *j\n  vm_config:\n    code:\n      local:\n        filename: {}\n",
+        add_headers.display()
+    );
+    let big = format!("{}#{}\n", filter_yaml("big", &add_headers, ""), "x".repeat(1 << 20));
+    let two_docs = format!("{good}---\nconfig:\n  name: ignored\n");
+    let ats = Ats::builder()
+        .net_threads(1)
+        .config_file("bomb.yaml", &bomb)
+        .config_file("big.yaml", &big)
+        .config_file("two-docs.yaml", &two_docs)
+        .config_file("oob.yaml", filter_yaml("oob-trap", &example_wasm("oob-trap"), ""))
+        .plugin(&["bomb.yaml", "big.yaml", "two-docs.yaml", "oob.yaml"])
+        .start();
+    let started = ats.started_in().unwrap();
+    let peak_mib = peak_rss_kib(ats.pid()) / 1024;
+    eprintln!("ATS answered after {started:?}; traffic_server peaked at {peak_mib} MiB");
+    assert!(started < Duration::from_secs(10), "{started:?}");
+    assert!(peak_mib < 300, "the bomb must not be expanded: traffic_server peaked at {peak_mib} MiB");
+
+    let config_dir = ats.config_dir().to_path_buf();
+    let file = |name: &str| config_dir.join(name).display().to_string();
+    let bomb_lines =
+        lines_with(&ats, &format!("ats_wasm: {}: malformed YAML: alias replay limit exceeded", file("bomb.yaml")));
+    assert_eq!(bomb_lines.len(), 1, "{}", ats.diags_log());
+    assert!(bomb_lines[0].contains("ERROR") && bomb_lines[0].ends_with("; this filter is skipped"), "{bomb_lines:?}");
+    let big_lines = lines_with(&ats, &format!("ats_wasm: {}: the file (", file("big.yaml")));
+    assert_eq!(big_lines.len(), 1, "{}", ats.diags_log());
+    assert!(
+        big_lines[0].contains("is larger than 1 MiB, the limit of a filter file; this filter is skipped"),
+        "{big_lines:?}"
+    );
+    let doc_lines =
+        lines_with(&ats, &format!("ats_wasm: {}: the YAML document at line 10 is ignored", file("two-docs.yaml")));
+    assert_eq!(doc_lines.len(), 1, "{}", ats.diags_log());
+    assert!(doc_lines[0].contains("WARNING"), "{doc_lines:?}");
+    let import_lines = lines_with(
+        &ats,
+        "filter \"oob-trap\": the module imports env.oob_trap_missing, which ats-wasm does not provide; calling it answers UNIMPLEMENTED (12)",
+    );
+    assert_eq!(import_lines.len(), 1, "{}", ats.diags_log());
+    assert!(import_lines[0].contains("WARNING"), "{import_lines:?}");
+    assert!(lines_with(&ats, "proxy_grpc").is_empty(), "the ABI's gRPC stubs are not news: {}", ats.diags_log());
+
+    // The two good filters serve: the first document's filter runs, and the missing import
+    // answers what the line said.
+    let r = ats.request("GET", "/hostile-files", &[("x-trap", "missing")], b"");
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = ats.origin().seen();
+    let req = seen.iter().find(|s| s.path == "/hostile-files").expect("reached the origin");
+    assert!(req.headers.iter().any(|(k, v)| k == "x-doc" && v == "first"), "{req:?}");
+    assert!(req.headers.iter().any(|(k, v)| k == "x-oob-trap" && v == "missing=12"), "{req:?}");
+}
+
+#[test]
+fn failure_lines_name_the_callback_and_the_limit_once() {
+    let oob = example_wasm("oob-trap");
+    let ats = Ats::builder()
+        .net_threads(1)
+        .config_file("oob.yaml", filter_yaml("oob-trap", &oob, ""))
+        .config_file("restart.yaml", filter_yaml("restart", &oob, "restart_trap"))
+        .plugin(&["oob.yaml", "restart.yaml"])
+        .start();
+    // One memory.grow far past the cap, then the guest's own abort: the memory cap.
+    let r = ats.request("GET", "/grow", &[("x-trap", "grow")], b"");
+    assert_eq!(r.status, 200, "fail-open: {r:?}");
+    assert!(
+        ats.wait_for_diags(
+            "filter \"oob-trap\": proxy_on_request_headers (memory cap reached) failed",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        ats.diags_log()
+    );
+    // A trap in the context's creation is named as such (arm-create makes the next one trap).
+    assert_eq!(ats.request("GET", "/arm", &[("x-trap", "arm-create")], b"").status, 200);
+    assert_eq!(ats.get("/created").status, 200);
+    assert!(
+        ats.wait_for_diags("filter \"oob-trap\": proxy_on_context_create (trap) failed", Duration::from_secs(5)),
+        "{}",
+        ats.diags_log()
+    );
+    assert_eq!(ats.get("/after").header("x-oob-trap"), Some("alive"));
+    // "restart" loaded (its first VM), every later VM traps in proxy_on_configure: one line,
+    // "creating a VM failed" once in it.
+    let created = lines_with(&ats, "filter \"restart\": creating a VM failed");
+    assert_eq!(created.len(), 1, "{}", ats.diags_log());
+    assert_eq!(created[0].matches("creating a VM failed").count(), 1, "{created:?}");
+    assert!(created[0].contains("creating a VM failed: proxy_on_configure (trap): "), "{created:?}");
+    assert!(lines_with(&ats, "proxy_on_request_headers (trap)").is_empty(), "{}", ats.diags_log());
+}
+
+#[test]
+fn a_looping_tick_is_reported_as_its_deadline() {
+    let ats = Ats::builder()
+        .net_threads(1)
+        .config_file(
+            "tick.yaml",
+            filter_yaml("tick-loop", &example_wasm("oob-trap"), "tick_loop").replacen(
+                "config:\n",
+                "config:\n  callback_deadline_ms: 20\n",
+                1,
+            ),
+        )
+        .plugin(&["tick.yaml"])
+        .start();
+    assert!(
+        ats.wait_for_diags("filter \"tick-loop\": proxy_on_tick (deadline exceeded) failed", Duration::from_secs(5)),
+        "{}",
+        ats.diags_log()
+    );
+    assert!(lines_with(&ats, "proxy_on_tick failed").is_empty(), "{}", ats.diags_log());
+}
+
+#[test]
+fn repeated_failure_lines_are_a_few_a_minute_then_a_summary_and_the_counters_are_exact() {
+    let ats = Ats::builder()
+        .net_threads(1)
+        .config_file("oob.yaml", filter_yaml("oob-trap", &example_wasm("oob-trap"), ""))
+        .plugin(&["oob.yaml"])
+        .start();
+    let started = Instant::now();
+    const REQUESTS: usize = 40;
+    for i in 0..REQUESTS {
+        let r = ats.request("GET", &format!("/trap/{i}"), &[("x-trap", "unreachable")], b"");
+        assert_eq!(r.status, 200, "fail-open: {r:?}");
+    }
+    // The stats thread writes the summary within 10 s (the interval) + 2 s (its period).
+    assert!(ats.wait_for_diags("more failure lines (trap) left out", Duration::from_secs(15)), "{}", ats.diags_log());
+    let lines = lines_with(&ats, "filter \"oob-trap\": proxy_on_request_headers (trap) failed");
+    assert_eq!(lines.len(), 5, "{}", ats.diags_log());
+    let summarized: u64 = lines_with(&ats, "filter \"oob-trap\": ")
+        .iter()
+        .filter_map(|l| {
+            l.split_once("\": ")?.1.split_once(" more failure lines (trap) left out")?.0.parse::<u64>().ok()
+        })
+        .sum();
+    assert_eq!(summarized, (REQUESTS - 5) as u64, "{}", ats.diags_log());
+    let errors = ats.diags_log().lines().filter(|l| l.contains("ERROR") && l.contains("oob-trap")).count();
+    assert!(errors <= 7, "5 lines and a summary or two: {errors}\n{}", ats.diags_log());
+    let traps = sample(&ats, "ats_wasm_callback_failures_total{filter=\"oob-trap\",reason=\"trap\"}");
+    assert_eq!(traps, Some(REQUESTS as f64), "{}", scrape(&ats));
+    let open = sample(&ats, "ats_wasm_failure_outcomes_total{filter=\"oob-trap\",outcome=\"fail_open\"}");
+    assert_eq!(open, Some(REQUESTS as f64), "{}", scrape(&ats));
+    eprintln!("{REQUESTS} traps, {errors} ERROR lines, summary after {:?}", started.elapsed());
 }

@@ -20,10 +20,52 @@ use super::types::{Action, PeerType};
 /// A VM running a Proxy-Wasm module over backend `B`.
 pub type ProxyVm<B> = Vm<HostState<B>>;
 
+/// Why a VM could not be made ready: the step of [`initialize`] that failed (`_initialize`,
+/// `proxy_on_vm_start`, …) and how. It travels inside the `wasmtime::Error` the initializer
+/// returns (`err.downcast_ref::<InitError>()`).
+#[derive(Debug)]
+pub struct InitError {
+    /// The step: `setup` (exports, memory, allocator), `_initialize`, `main`, `_start`,
+    /// `proxy_on_context_create` (the root context), `proxy_on_vm_start`, `proxy_on_configure`.
+    pub step: &'static str,
+    /// The guest answered `false` (`proxy_on_vm_start`, `proxy_on_configure`); else it failed
+    /// with `error`.
+    pub error: Option<wasmtime::Error>,
+    /// Whether a `memory.grow` was refused during initialization.
+    pub memory_refused: bool,
+}
+
+impl std::fmt::Display for InitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.error {
+            None => write!(f, "{} returned false", self.step),
+            Some(e) => write!(f, "{}: {e:#}", self.step),
+        }
+    }
+}
+
+impl std::error::Error for InitError {}
+
 /// Makes a freshly instantiated VM ready: finds its memory, allocator and callbacks, runs
 /// `_initialize` (then `main`) or `_start`, creates the root context and runs
-/// `proxy_on_vm_start` and `proxy_on_configure`. Fails if either answers `false`, or on a trap.
+/// `proxy_on_vm_start` and `proxy_on_configure`. Fails with an [`InitError`] naming the step if
+/// either answers `false`, or on a trap. Also installs the store's resource limiter
+/// ([`HostState::memory_refused`]).
 pub fn initialize<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<()> {
+    vm.store.limiter(|st| &mut st.grow_watch);
+    let mut step = "setup";
+    let error = match initialize_steps(vm, &mut step) {
+        Ok(true) => return Ok(()),
+        Ok(false) => None,
+        Err(e) => Some(e),
+    };
+    let memory_refused = vm.store.data().memory_refused();
+    Err(wasmtime::Error::new(InitError { step, error, memory_refused }))
+}
+
+/// [`initialize`]'s steps; `step` names the one running. `Ok(false)`: `proxy_on_vm_start` or
+/// `proxy_on_configure` answered `false`.
+fn initialize_steps<B: Backend>(vm: &mut ProxyVm<B>, step: &mut &'static str) -> wasmtime::Result<bool> {
     let (store, instance) = (&mut vm.store, vm.instance);
     let version = abi_version(instance.module(&*store)).map_err(wasmtime::Error::msg)?;
     let memory = instance.get_memory(&mut *store, "memory").ok_or_else(|| wasmtime::Error::msg("no memory export"))?;
@@ -42,11 +84,14 @@ pub fn initialize<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<()> {
     }
 
     if let Some(init) = typed::<_, (), ()>(store, &instance, "_initialize")? {
+        *step = "_initialize";
         init.call(&mut *store, ())?;
         if let Some(main) = typed::<_, (i32, i32), i32>(store, &instance, "main")? {
+            *step = "main";
             main.call(&mut *store, (0, 0))?;
         }
     } else if let Some(start) = typed::<_, (), ()>(store, &instance, "_start")? {
+        *step = "_start";
         start.call(&mut *store, ())?;
     }
 
@@ -57,10 +102,12 @@ pub fn initialize<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<()> {
         st.effective_context = root;
         register_context(st, root, ContextKind::Root);
     }
+    *step = "proxy_on_context_create";
     if let Some(f) = exports.on_context_create.get(store, version)? {
         f.call(&mut *store, (root as i32, 0))?;
     }
     let plugin = store.data().plugin.clone();
+    *step = "proxy_on_vm_start";
     if let Some(f) = exports.on_vm_start.get(store, version)? {
         store.data_mut().effective_context = root;
         store.data_mut().in_vm_start = true;
@@ -68,17 +115,18 @@ pub fn initialize<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<()> {
         let r = timed(store, Callback::VmStart, |s| f.call(s, (root as i32, n)));
         store.data_mut().in_vm_start = false;
         if r? == 0 {
-            wasmtime::bail!("proxy_on_vm_start returned false");
+            return Ok(false);
         }
     }
+    *step = "proxy_on_configure";
     if let Some(f) = exports.on_configure.get(store, version)? {
         store.data_mut().effective_context = root;
         let n = len_arg(plugin.plugin_configuration.len());
         if timed(store, Callback::Configure, |s| f.call(s, (root as i32, n)))? == 0 {
-            wasmtime::bail!("proxy_on_configure returned false");
+            return Ok(false);
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Runs `f` (one guest callback) between the filter's observer's `start` and `finish`, when it
@@ -117,7 +165,9 @@ fn next_context_id<B: Backend>(st: &mut HostState<B>) -> u32 {
 fn enter<B: Backend>(store: &mut Store<HostState<B>>, ctx: u32) {
     let ticks = store.data().plugin.callback_deadline_ticks;
     store.set_epoch_deadline(ticks);
-    store.data_mut().effective_context = ctx;
+    let st = store.data_mut();
+    st.effective_context = ctx;
+    st.grow_watch.reset();
 }
 
 /// Runs callback `call` in context `ctx` (when the guest exports it), then finishes the

@@ -42,9 +42,9 @@ mod tests;
 
 pub use backend::{Backend, HttpCallRequest, LocalResponse, QueueTarget};
 pub use exports::{AbiVersion, validate_module};
-pub use guest::ProxyVm;
+pub use guest::{InitError, ProxyVm};
 pub use guest_metrics::{MetricSnapshot, Metrics};
-pub use hostcalls::linker_for;
+pub use hostcalls::{Stub, link, linker_for};
 pub use observe::{Callback, CallbackObserver, Observer};
 pub use shared::{Shared, SharedLimits};
 pub use state::{HostState, HttpCallResponse, PluginInfo};

@@ -165,6 +165,44 @@ pub struct HostState<B: Backend> {
     pub(crate) scratch2: Vec<u8>,
     /// Why the guest asked to stop (`proc_exit`), for the error report.
     pub(crate) exit_code: Option<i32>,
+    /// Whether a `memory.grow` was refused during the current callback (the store's resource
+    /// limiter, installed by initialization).
+    pub(crate) grow_watch: GrowWatch,
+}
+
+/// The store's resource limiter: it allows what the engine allows (the memory cap is the
+/// pooling allocator's) and remembers a refused `memory.grow`, so that the trap a guest's
+/// allocator raises after the refusal is reported as the memory cap, not a plain trap.
+#[derive(Debug, Default)]
+pub struct GrowWatch {
+    refused: bool,
+}
+
+impl GrowWatch {
+    /// Whether a `memory.grow` was refused since the last [`GrowWatch::reset`].
+    pub fn refused(&self) -> bool {
+        self.refused
+    }
+
+    /// Forgets earlier refusals (a new callback starts).
+    pub fn reset(&mut self) {
+        self.refused = false;
+    }
+}
+
+impl wasmtime::ResourceLimiter for GrowWatch {
+    fn memory_growing(&mut self, _current: usize, _desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.refused = true;
+        Ok(())
+    }
+
+    fn table_growing(&mut self, _current: usize, _desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
 }
 
 impl<B: Backend> HostState<B> {
@@ -205,7 +243,14 @@ impl<B: Backend> HostState<B> {
             scratch: Vec::new(),
             scratch2: Vec::new(),
             exit_code: None,
+            grow_watch: GrowWatch::default(),
         }
+    }
+
+    /// Whether the guest's `memory.grow` was refused during the current callback (or, for a
+    /// VM that failed to start, during its initialization).
+    pub fn memory_refused(&self) -> bool {
+        self.grow_watch.refused()
     }
 
     /// The stream of the effective context, if it is a stream context attached to one.

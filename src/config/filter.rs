@@ -6,7 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::limits::{CALLBACK_DEADLINE_MS, DEFAULT_MAX_BODY_BYTES, Isolation, PAUSE_TIMEOUT_MS, POOL_SIZE, parse_size};
+use super::limits::{
+    CALLBACK_DEADLINE_MS, DEFAULT_MAX_BODY_BYTES, Isolation, MAX_FILE_BYTES, PAUSE_TIMEOUT_MS, POOL_SIZE, parse_size,
+};
 use super::resolve;
 use super::schema::TopLevel;
 use super::upstream::Upstream;
@@ -89,6 +91,27 @@ pub struct FilterConfig {
     pub upstreams: Vec<(String, Upstream)>,
     /// Keys present in the file that ats-wasm does not know (ignored, but reported).
     pub unknown_keys: Vec<String>,
+    /// The line of the first value of each document after the first (`---`): ignored, but
+    /// reported.
+    pub ignored_documents: Vec<u64>,
+}
+
+impl FilterConfig {
+    /// What is ignored in the file, one WARNING line each (without the `ats_wasm: ` prefix):
+    /// its unknown keys (one line), each document after the first.
+    pub fn warnings(&self) -> Vec<String> {
+        let file = self.source.display();
+        let mut out = Vec::new();
+        if !self.unknown_keys.is_empty() {
+            out.push(format!("{file}: unknown keys ignored: {}", self.unknown_keys.join(", ")));
+        }
+        for line in &self.ignored_documents {
+            out.push(format!(
+                "{file}: the YAML document at line {line} is ignored (a filter file is one document; only the first is read)"
+            ));
+        }
+        out
+    }
 }
 
 /// Reads and parses a filter YAML file. `env` looks up `host_env_keys` in the process
@@ -98,8 +121,29 @@ pub fn load_filter(
     config_dir: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<FilterConfig, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let text = read_bounded(path).map_err(|e| format!("{}: {e}", path.display()))?;
     parse_filter(&text, path, config_dir, env).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Reads a whole filter file of at most [`MAX_FILE_BYTES`] (also when it grows while read).
+fn read_bounded(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let too_big = |n: Option<u64>| {
+        let size = n.map(|n| format!(" ({n} bytes)")).unwrap_or_default();
+        format!("the file{size} is larger than {} MiB, the limit of a filter file", MAX_FILE_BYTES >> 20)
+    };
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    if let Ok(m) = file.metadata()
+        && m.len() > MAX_FILE_BYTES
+    {
+        return Err(too_big(Some(m.len())));
+    }
+    let mut text = String::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text).map_err(|e| format!("cannot read: {e}"))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_big(None));
+    }
+    Ok(text)
 }
 
 /// Parses filter YAML `text` (from file `source`).
@@ -109,7 +153,8 @@ pub fn parse_filter(
     config_dir: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<FilterConfig, String> {
-    let top = yaml::load::<TopLevel>(text)?.ok_or("the file is empty; expected a top-level `config:` map")?;
+    let loaded = yaml::load::<TopLevel>(text)?;
+    let top = loaded.first.ok_or("the file is empty; expected a top-level `config:` map")?;
     // Unknown keys are reported map by map in the order the maps are checked, each map's keys
     // in file order; unknown top-level keys are not reported.
     let mut unknown = Vec::new();
@@ -250,6 +295,7 @@ pub fn parse_filter(
         wasm_path: resolve(config_dir, &filename),
         upstreams,
         unknown_keys: unknown,
+        ignored_documents: loaded.ignored,
     })
 }
 

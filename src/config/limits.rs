@@ -18,6 +18,20 @@ pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 /// The default of `config.max_body_bytes`: 1 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 
+// Bounds of one filter file (`yaml.rs`).
+
+/// The most values (scalars, lists, maps) one file may expand to, aliases expanded.
+pub(super) const MAX_VALUES: usize = 100_000;
+
+/// The most scalar text one file may expand to, aliases expanded (4 × [`MAX_FILE_BYTES`]).
+pub(super) const MAX_TEXT_BYTES: usize = 4 << 20;
+
+/// The largest filter file read (1 MiB); a larger one is an error.
+pub(super) const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// The most `*alias` events serde-saphyr replays in one file.
+pub(super) const MAX_REPLAYED_EVENTS: usize = 10_000;
+
 /// An inclusive range of whole numbers a setting may take.
 pub(super) struct WholeNumber {
     min: u64,

@@ -391,3 +391,102 @@ fn shared_data_bounds_and_the_init_deadline_have_defaults_and_ranges() {
             .starts_with("--init-deadline-ms: expected a whole number from 1 to 60000, got \"0\"")
     );
 }
+
+/// A "billion laughs": ten levels of nine aliases each (9^10 values if expanded) in a few
+/// hundred bytes, expanded where ats-wasm reads a value (`config.configuration`) or skips one
+/// (`bomb:`).
+fn alias_bomb(read: bool) -> String {
+    let mut s = String::from("a: &a [lol,lol,lol,lol,lol,lol,lol,lol,lol]\n");
+    let names = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j'];
+    for w in names.windows(2) {
+        s += &format!("{}: &{} [{}]\n", w[1], w[1], vec![format!("*{}", w[0]); 9].join(","));
+    }
+    let at = if read { "config:\n  configuration: *j\n" } else { "bomb: *j\nconfig:\n" };
+    format!("{s}{at}{MINIMAL_VM}")
+}
+
+/// The peak resident memory of this process (`VmHWM`), in KiB.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Run by [`an_alias_bomb_is_an_error_within_100_ms_and_50_mb`] in a process of its own (so
+/// that its peak memory is the bomb's alone); does nothing in a normal test run.
+#[test]
+fn alias_bomb_in_a_child_process() {
+    let Some(read) = std::env::var_os("ATS_WASM_ALIAS_BOMB") else { return };
+    let started = std::time::Instant::now();
+    let err = parse(&alias_bomb(read == "read")).unwrap_err();
+    let took = started.elapsed();
+    println!("BOMB|{}|{}|{err}", took.as_micros(), peak_rss_kib());
+}
+
+#[test]
+fn an_alias_bomb_is_an_error_within_100_ms_and_50_mb() {
+    assert!(alias_bomb(true).len() < 500, "a few hundred bytes: {}", alias_bomb(true).len());
+    for how in ["read", "skipped"] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["config::tests::alias_bomb_in_a_child_process", "--exact", "--nocapture", "--test-threads=1"])
+            .env("ATS_WASM_ALIAS_BOMB", how)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line =
+            stdout.lines().find_map(|l| Some(l.split_once("BOMB|")?.1)).unwrap_or_else(|| panic!("{how}: {stdout}"));
+        let mut parts = line.splitn(3, '|');
+        let micros: u64 = parts.next().unwrap().parse().unwrap();
+        let peak_kib: u64 = parts.next().unwrap().parse().unwrap();
+        let err = parts.next().unwrap();
+        assert!(err.starts_with("malformed YAML: "), "{how}: {err}");
+        assert!(err.contains("alias") || err.contains("expands"), "{how}: names the bound: {err}");
+        assert!(micros < 100_000, "{how}: took {micros} µs");
+        assert!(peak_kib < 50 * 1024, "{how}: the whole process peaked at {peak_kib} KiB");
+    }
+}
+
+#[test]
+fn aliases_of_a_long_scalar_cannot_expand_past_the_text_bound() {
+    // 512 KiB written once, repeated by 20 aliases: 10 MiB if expanded.
+    let long = "x".repeat(512 << 10);
+    let aliases = vec!["*big"; 20].join(", ");
+    let err = parse(&format!("big: &big {long}\nconfig:\n  configuration: [{aliases}]\n{MINIMAL_VM}")).unwrap_err();
+    assert!(err.contains("expands to more than 4 MiB of text"), "{}", &err[..err.len().min(300)]);
+    // The same scalar used a few times is fine.
+    let f = parse(&format!("big: &big {long}\nconfig:\n  configuration: *big\n  name: n\n{MINIMAL_VM}")).unwrap();
+    assert_eq!(f.configuration.len(), 512 << 10);
+}
+
+#[test]
+fn documents_after_the_first_are_ignored_and_each_is_reported_with_its_line() {
+    let text =
+        format!("config:\n  name: first\n{MINIMAL_VM}---\nconfig:\n  name: second\n---\n---\n# nothing\n---\n[1, 2]\n");
+    let f = parse(&text).unwrap();
+    assert_eq!(f.name, "first");
+    assert_eq!(f.ignored_documents, vec![8, 14], "the two documents that are not empty, by their first value");
+    let w = f.warnings();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert_eq!(
+        w[0],
+        "/etc/ts/f.yaml: the YAML document at line 8 is ignored (a filter file is one document; only the first is read)"
+    );
+    assert!(parse(&format!("---\nconfig:\n  name: only\n{MINIMAL_VM}...\n")).unwrap().ignored_documents.is_empty());
+    assert!(parse(&format!("config:\n  name: one\n{MINIMAL_VM}")).unwrap().warnings().is_empty());
+}
+
+#[test]
+fn a_filter_file_over_1_mib_is_an_error_naming_the_file_and_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.yaml");
+    let ok = format!("config:\n  name: n\n{MINIMAL_VM}");
+    let padded = |n: usize| format!("{ok}#{}\n", "x".repeat(n - ok.len() - 2));
+    std::fs::write(&path, padded(1 << 20)).unwrap();
+    assert_eq!(load_filter(&path, dir.path(), &no_env).unwrap().name, "n", "exactly 1 MiB is read");
+    std::fs::write(&path, padded((1 << 20) + 1)).unwrap();
+    let err = load_filter(&path, dir.path(), &no_env).unwrap_err();
+    assert_eq!(
+        err,
+        format!("{}: the file (1048577 bytes) is larger than 1 MiB, the limit of a filter file", path.display())
+    );
+}

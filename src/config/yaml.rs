@@ -21,6 +21,8 @@ use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
+use super::limits::{MAX_REPLAYED_EVENTS, MAX_TEXT_BYTES, MAX_VALUES};
+
 /// A key's value and the key as written (one of its aliases, say), `None` when absent.
 #[derive(Default)]
 pub(super) struct Field<T> {
@@ -170,7 +172,21 @@ type Written = Option<(String, bool)>;
 
 /// Reads one node and, for a scalar, how it was written (from serde-saphyr's span).
 fn read<'de, D: Deserializer<'de>, M: ReadMap<'de>>(d: D) -> Result<(Parsed<M>, Written), D::Error> {
-    let spanned = Spanned::<Parsed<M>>::deserialize(d)?;
+    let top = READING.with(|r| {
+        let mut r = r.borrow_mut();
+        r.depth += 1;
+        r.depth == 1
+    });
+    let spanned = Spanned::<Parsed<M>>::deserialize(d);
+    READING.with(|r| r.borrow_mut().depth -= 1);
+    let spanned = spanned?;
+    // What aliases expand to is built here, node by node: bound it (serde-saphyr bounds the
+    // number of replayed events, not the bytes of the scalars they repeat).
+    let text = match &spanned.value {
+        Parsed::Str(s) => s.len(),
+        _ => 0,
+    };
+    READING.with(|r| r.borrow_mut().charge(text, top.then(|| spanned.defined.line()))).map_err(de::Error::custom)?;
     let span = spanned.defined.span();
     let written = match (&spanned.value, span.byte_offset(), span.byte_len()) {
         (Parsed::List(_) | Parsed::Map(_), _, _) => None,
@@ -394,22 +410,60 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Watch<'_, D> {
 }
 
 /// What the reading of one file shares with the nodes it builds (serde passes a value no
-/// context of its own): the text, for written scalars, and the key just read, for [`Field`].
+/// context of its own): the text, for written scalars, the key just read, for [`Field`], what
+/// was built so far (for the bounds) and where each document starts.
 #[derive(Default)]
 struct Reading {
     source: String,
     key: Option<String>,
+    depth: usize,
+    values: usize,
+    text_bytes: usize,
+    documents: Vec<u64>,
+}
+
+impl Reading {
+    /// Counts one value with `text` bytes of scalar text (and the line of a document's top
+    /// value); an error once the file expands past [`MAX_VALUES`] or [`MAX_TEXT_BYTES`].
+    fn charge(&mut self, text: usize, document_line: Option<u64>) -> Result<(), String> {
+        self.values += 1;
+        self.text_bytes = self.text_bytes.saturating_add(text);
+        self.documents.extend(document_line);
+        if self.values > MAX_VALUES {
+            return Err(format!("the file expands to more than {MAX_VALUES} values (aliases included)"));
+        }
+        if self.text_bytes > MAX_TEXT_BYTES {
+            return Err(format!(
+                "the file expands to more than {} MiB of text (aliases included)",
+                MAX_TEXT_BYTES >> 20
+            ));
+        }
+        Ok(())
+    }
 }
 
 thread_local! {
     static READING: RefCell<Reading> = RefCell::new(Reading::default());
 }
 
-/// Parses `text` (a filter file: `T` is its top level, `schema::TopLevel`) into its first document (`None` if it has none; all must parse). Errors are
-/// the parser's (syntax, a duplicate key, a key given under two of its names, the alias
-/// expansion budget), one line with the position.
-pub(super) fn load<T: serde::de::DeserializeOwned>(text: &str) -> Result<Option<Mapping<T>>, String> {
-    READING.with(|r| *r.borrow_mut() = Reading { source: text.to_owned(), key: None });
+/// A filter file's first document, and where the documents after it (ignored) start.
+pub(super) struct Loaded<T> {
+    /// The first document (`None` if the file has none).
+    pub first: Option<Mapping<T>>,
+    /// The first line of each further document that is not empty, in file order.
+    pub ignored: Vec<u64>,
+}
+
+/// Parses `text` (a filter file: `T` is its top level, `schema::TopLevel`): all its documents
+/// must parse; the first is used. Errors are the parser's (syntax, a duplicate key, a key given
+/// under two of its names, a budget below), one line with the position.
+///
+/// Bounds, so a small file cannot take the host's memory or time ("billion laughs"): at most
+/// [`MAX_REPLAYED_EVENTS`] alias replays, [`MAX_VALUES`] values and [`MAX_TEXT_BYTES`] of
+/// scalar text built (aliases expanded), 1,000 anchors, 64 levels of nesting, 64 documents.
+/// ([`MAX_FILE_BYTES`](super::limits::MAX_FILE_BYTES) is checked by the caller, which reads the file.)
+pub(super) fn load<T: serde::de::DeserializeOwned>(text: &str) -> Result<Loaded<T>, String> {
+    READING.with(|r| *r.borrow_mut() = Reading { source: text.to_owned(), ..Reading::default() });
     let mut options = serde_saphyr::Options::default();
     // As yaml-rust2: only true/false (any case) are booleans, `<<` is an ordinary key, `1_000`
     // is a string, `.inf` a number; and one-line errors, without a source snippet.
@@ -418,12 +472,23 @@ pub(super) fn load<T: serde::de::DeserializeOwned>(text: &str) -> Result<Option<
     options.underscored_numbers_as_strings = true;
     options.non_finite_float_policy = serde_saphyr::options::NonFiniteFloatPolicy::PassThrough;
     options.with_snippet = false;
+    options.alias_limits.max_total_replayed_events = MAX_REPLAYED_EVENTS;
+    // serde-saphyr's counts (with what it skips for us) are a backstop at twice ours.
+    let mut budget = options.budget.take().unwrap_or_default();
+    budget.max_nodes = 2 * MAX_VALUES;
+    budget.max_aliases = MAX_REPLAYED_EVENTS;
+    budget.max_anchors = 1_000;
+    budget.max_documents = 64;
+    budget.max_total_scalar_bytes = 2 * MAX_TEXT_BYTES;
+    options.budget = Some(budget);
     let docs = serde_saphyr::from_multiple_with_options::<Mapping<T>>(text, options);
-    READING.with(|r| *r.borrow_mut() = Reading::default());
+    let reading = READING.with(|r| std::mem::take(&mut *r.borrow_mut()));
     let docs = docs.map_err(|e| format!("malformed YAML: {}", e.to_string().replace('\n', " ")))?;
+    let ignored = reading.documents.iter().skip(1).copied().collect();
     // serde-saphyr leaves out null documents; a file that has one (`---`, `~`) is not empty
     // but a null top level, as yaml-rust2 read it.
-    Ok(docs.into_iter().next().or_else(|| has_document(text).then_some(Mapping::Null)))
+    let first = docs.into_iter().next().or_else(|| has_document(text).then_some(Mapping::Null));
+    Ok(Loaded { first, ignored })
 }
 
 /// Whether `text` has more than blank lines, comments, directives and document ends.

@@ -9,7 +9,6 @@ use ats_wasm_pool::PoolError;
 
 use super::backend::{self, PendingLocalResponse};
 use super::delivery;
-use super::diags::one_line;
 use super::filter::Filter;
 use super::generation;
 use super::live;
@@ -76,7 +75,7 @@ impl Plugin {
     /// context in it.
     pub(super) fn finish_request_phase(&self, txn: Txn, mut state: TxnState, resume: Resume) -> Resume {
         if state.contexts.is_empty() && state.paused.is_none() {
-            Self::refill(&state.generation.filters);
+            self.refill(&state.generation.filters);
             return resume;
         }
         if !state.hooks_added {
@@ -118,7 +117,11 @@ impl Plugin {
             };
             let r = f.pool.with_leased(&mut lease, |vm| {
                 let result = guest::create_stream_context(vm, stream)
-                    .and_then(|ctx| Ok((ctx, guest::on_request_headers(vm, ctx, num_headers, eos)?)));
+                    .map_err(|e| ("proxy_on_context_create", e))
+                    .and_then(|ctx| match guest::on_request_headers(vm, ctx, num_headers, eos) {
+                        Ok(action) => Ok((ctx, action)),
+                        Err(e) => Err(("proxy_on_request_headers", e)),
+                    });
                 (result, vm.store.data_mut().backend.take_outbox())
             });
             let resume = match r {
@@ -152,7 +155,7 @@ impl Plugin {
                             }
                             Resume::Continue
                         }
-                        (Err(e), _) => self.guest_failed(f, lease, "proxy_on_request_headers", &e),
+                        (Err((what, e)), _) => self.guest_failed(f, lease, what, &e),
                     }
                 }
                 Err(e) => {
@@ -308,7 +311,7 @@ impl Plugin {
         // The pools new transactions of this thread will lease from (the transaction's own
         // generation may be retiring).
         if let Some(current) = generation::adopted() {
-            Self::refill(&current.filters);
+            self.refill(&current.filters);
         }
         // Last: when this was the last holder of a retired generation, it retires here.
         drop(generation);
@@ -317,13 +320,12 @@ impl Plugin {
     /// Tops this thread's pools back up to their size (fresh VMs for `transaction` isolation,
     /// replacements for poisoned `shared` VMs). Runs after a transaction's response, so the
     /// cost is off every request path.
-    pub(super) fn refill(filters: &[Filter]) {
+    pub(super) fn refill(&self, filters: &[Filter]) {
         for f in filters {
             let r = f.pool.refill(f.pool_size);
-            if let Some(e @ PoolError::Init(_)) = &r.error {
-                log::error(
-                    format!("ats_wasm: filter \"{}\": creating a VM failed: {}", f.name, one_line(e)).as_bytes(),
-                );
+            if let Some(PoolError::Init(e)) = &r.error {
+                let why = super::failure::init_failure(e, self.loader.max_memory_bytes);
+                log::error(format!("ats_wasm: filter \"{}\": creating a VM failed: {why}", f.name).as_bytes());
             }
         }
     }

@@ -263,20 +263,26 @@ impl Plugin {
             let result = callback(vm);
             asked.push(vm.store.data_mut().backend.take_outbox());
             if let Err(e) = result {
-                failed.push((r, e));
+                failed.push((
+                    r,
+                    failure_kind(&e, vm.store.data().memory_refused(), None, self.loader.max_memory_bytes),
+                    e,
+                ));
             }
         });
         for outbox in asked {
             self.settle(None, outbox);
         }
         let n = failed.len();
-        for (r, e) in failed {
+        for (r, reason, e) in failed {
             pool.poison(r);
-            f.metrics.callback_failed(failure_kind(&e, None, self.loader.max_memory_bytes).1);
-            log::error(
-                format!("ats_wasm: filter \"{}\": {what} failed: {}; the VM is replaced", f.name, one_line(&e))
-                    .as_bytes(),
-            );
+            f.metrics.callback_failed(reason);
+            if let Some(more) = f.metrics.failure_line(Some(reason)) {
+                let (why, e) = (reason.describe(), one_line(&e));
+                let line =
+                    format!("ats_wasm: filter \"{}\": {what} ({why}) failed: {e}; the VM is replaced{more}", f.name);
+                log::error(line.as_bytes());
+            }
         }
         n
     }

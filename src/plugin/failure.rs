@@ -10,40 +10,72 @@ use super::backend::AtsBackend;
 use super::diags::one_line;
 use super::filter::Filter;
 use super::telemetry::FailureReason;
-use crate::abi::{HostState, guest};
+use crate::abi::{HostState, InitError, guest};
 use crate::ts::log;
 use crate::ts::txn::{Resume, Txn};
 
-/// The size of a VM's linear memory.
-fn memory_size(vm: &mut guest::ProxyVm<AtsBackend>) -> Option<usize> {
-    let memory = vm.instance.get_memory(&mut vm.store, "memory")?;
-    Some(memory.data_size(&vm.store))
+/// The size of a VM's linear memory, and whether a `memory.grow` was refused in its current
+/// callback.
+fn memory_state(vm: &mut guest::ProxyVm<AtsBackend>) -> (Option<usize>, bool) {
+    let refused = vm.store.data().memory_refused();
+    let memory = vm.instance.get_memory(&mut vm.store, "memory").map(|m| m.data_size(&vm.store));
+    (memory, refused)
 }
 
-/// Names why a guest callback failed: its deadline (epoch interrupt), the memory cap (the
-/// guest's memory is within one page of `--max-memory`, so its allocator failed and it
-/// aborted), or a trap.
-pub(super) fn failure_kind(err: &wasmtime::Error, memory: Option<usize>, cap: usize) -> (&'static str, FailureReason) {
+/// Names why a guest callback failed: its deadline (epoch interrupt), the memory cap (a
+/// `memory.grow` was refused in the callback — the trap is then the guest's allocator giving
+/// up — or the memory is within one page of `--max-memory`), or a trap.
+pub(super) fn failure_kind(err: &wasmtime::Error, refused: bool, memory: Option<usize>, cap: usize) -> FailureReason {
     if matches!(err.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
-        ("deadline exceeded", FailureReason::Deadline)
-    } else if memory.is_some_and(|m| m + 65536 > cap) {
-        ("memory cap reached", FailureReason::MemoryCap)
+        FailureReason::Deadline
+    } else if refused || memory.is_some_and(|m| m + 65536 > cap) {
+        FailureReason::MemoryCap
     } else {
-        ("trap", FailureReason::Trap)
+        FailureReason::Trap
+    }
+}
+
+/// A VM that could not be created or started, in one line: the initializer step that failed
+/// and why (`proxy_on_vm_start (deadline exceeded): …`, `proxy_on_configure returned false`),
+/// or the instantiation error.
+pub(super) fn init_failure(err: &wasmtime::Error, cap: usize) -> String {
+    match err.downcast_ref::<InitError>() {
+        Some(InitError { step, error: Some(e), memory_refused }) => {
+            let why = failure_kind(e, *memory_refused, None, cap).describe();
+            format!("{step} ({why}): {}", one_line(e))
+        }
+        Some(e @ InitError { error: None, .. }) => e.to_string(),
+        None => one_line(err),
     }
 }
 
 impl Plugin {
     /// Applies a filter's failure policy after `what` failed: fail-open drops the filter for
-    /// this transaction, fail-closed fails the transaction. One diags.log line says why.
+    /// this transaction, fail-closed fails the transaction. One diags.log line says why (a few
+    /// a minute per filter and reason, see [`failure_line`](super::telemetry::FilterMetrics::failure_line)).
     pub(super) fn failed(&self, f: &Filter, what: &str, err: &dyn std::fmt::Display) -> Resume {
+        self.failed_for(f, None, what, err)
+    }
+
+    /// [`Plugin::failed`] for a failure of `reason` (`None`: not the guest's callback).
+    pub(super) fn failed_for(
+        &self,
+        f: &Filter,
+        reason: Option<FailureReason>,
+        what: &str,
+        err: &dyn std::fmt::Display,
+    ) -> Resume {
         let policy = if f.fail_open {
             "fail_open: the transaction continues without it"
         } else {
             "fail_closed: the transaction fails"
         };
-        log::error(format!("ats_wasm: filter \"{}\": {what} failed: {}; {policy}", f.name, one_line(err)).as_bytes());
         f.metrics.outcome(f.fail_open);
+        if let Some(more) = f.metrics.failure_line(reason) {
+            log::error(
+                format!("ats_wasm: filter \"{}\": {what} failed: {}; {policy}{more}", f.name, one_line(err)).as_bytes(),
+            );
+        }
         if f.fail_open { Resume::Continue } else { Resume::Error }
     }
 
@@ -56,12 +88,12 @@ impl Plugin {
         what: &str,
         err: &wasmtime::Error,
     ) -> Resume {
-        let memory = f.pool.with_leased(&mut lease, memory_size).ok().flatten();
+        let (memory, refused) = f.pool.with_leased(&mut lease, memory_state).unwrap_or_default();
         f.pool.poison_leased(&mut lease);
         f.pool.release(lease);
-        let (why, reason) = failure_kind(err, memory, self.loader.max_memory_bytes);
+        let reason = failure_kind(err, refused, memory, self.loader.max_memory_bytes);
         f.metrics.callback_failed(reason);
-        self.failed(f, &format!("{what} ({why})"), err)
+        self.failed_for(f, Some(reason), &format!("{what} ({})", reason.describe()), err)
     }
 
     /// The pool could not give or reach a VM.
@@ -73,6 +105,8 @@ impl Plugin {
                 f.metrics.outcome(f.fail_open);
                 if f.fail_open { Resume::Continue } else { Resume::Error }
             }
+            // Said here, not by the pool error's text, so the line has one "creating a VM".
+            PoolError::Init(e) => self.failed(f, "creating a VM", &init_failure(e, self.loader.max_memory_bytes)),
             _ => self.failed(f, what, err),
         }
     }
@@ -83,5 +117,36 @@ impl Plugin {
         let body = format!("503 Service Unavailable: filter \"{filter}\" failed\n");
         txn.set_local_response(503, body.as_bytes(), "text/plain");
         Resume::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_lines_name_the_limit_and_the_step_once() {
+        let interrupt = || wasmtime::Error::new(wasmtime::Trap::Interrupt);
+        let trap = || wasmtime::Error::new(wasmtime::Trap::UnreachableCodeReached);
+        assert_eq!(failure_kind(&interrupt(), true, None, 1 << 20), FailureReason::Deadline);
+        assert_eq!(failure_kind(&trap(), true, None, 1 << 20), FailureReason::MemoryCap, "after a refused grow");
+        assert_eq!(failure_kind(&trap(), false, Some(65536), 1 << 20), FailureReason::Trap);
+        assert_eq!(failure_kind(&trap(), false, Some(1 << 20), 1 << 20), FailureReason::MemoryCap, "at the cap");
+
+        let init = |step, error, memory_refused| wasmtime::Error::new(InitError { step, error, memory_refused });
+        let line = init_failure(&init("proxy_on_vm_start", Some(interrupt()), false), 1 << 20);
+        assert!(line.starts_with("proxy_on_vm_start (deadline exceeded): "), "{line}");
+        assert!(line.contains("interrupt"), "{line}");
+        let line = init_failure(&init("_initialize", Some(trap()), true), 1 << 20);
+        assert!(line.starts_with("_initialize (memory cap reached): "), "{line}");
+        assert_eq!(
+            init_failure(&init("proxy_on_configure", None, false), 1 << 20),
+            "proxy_on_configure returned false"
+        );
+        let other = wasmtime::Error::msg("instance limit reached");
+        assert_eq!(init_failure(&other, 1 << 20), "instance limit reached");
+        // The pool's own text says "creating a VM failed" once; the plugin does not add it.
+        let pooled = PoolError::Init(init("proxy_on_configure", None, false)).to_string();
+        assert_eq!(pooled.matches("creating a VM failed").count(), 1, "{pooled}");
     }
 }

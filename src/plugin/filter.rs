@@ -11,7 +11,7 @@ use ats_wasm_pool::{
 use super::backend::AtsBackend;
 use super::diags::one_line;
 use super::telemetry::FilterMetrics;
-use crate::abi::{HostState, PluginInfo, guest, linker_for, validate_module};
+use crate::abi::{HostState, PluginInfo, guest, link, validate_module};
 use crate::config::{Bodies, FilterConfig, Isolation, PluginArgs};
 use crate::ts::log;
 
@@ -77,8 +77,9 @@ impl Filter {
         let module = compiled.module;
         let module_hash = compiled.hash;
         validate_module(&module).map_err(|e| format!("invalid module {}: {e}", path.display()))?;
-        let linker = linker_for::<AtsBackend>(&module)
+        let (linker, stubs) = link::<AtsBackend>(&module)
             .map_err(|e| format!("cannot link module {}: {}", path.display(), one_line(&e)))?;
+        super::diags::warn_stubs(&cfg.name, &stubs);
         let pre = linker
             .instantiate_pre(&module)
             .map_err(|e| format!("cannot link module {}: {}", path.display(), one_line(&e)))?;
@@ -115,9 +116,10 @@ impl Filter {
             init_ticks,
         );
         // Prove the module starts before taking traffic.
-        let probe = template
-            .instantiate()
-            .map_err(|e| format!("module {} failed to start: {}", path.display(), one_line(&e)))?;
+        let probe = template.instantiate().map_err(|e| {
+            let why = super::failure::init_failure(&e, args.max_memory_bytes);
+            format!("module {} failed to start: {why}", path.display())
+        })?;
         let tick_period = probe.store.data().tick_period();
         drop(probe);
         let tick_pool = (tick_period.is_some() && isolation == PoolIsolation::Transaction)

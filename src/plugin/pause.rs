@@ -122,7 +122,12 @@ impl Plugin {
         };
         f.metrics.callback_failed(FailureReason::PauseTimeout);
         let ms = f.pause_timeout.map_or(0, |d| d.as_millis());
-        self.failed(f, what, &format!("not continued within {ms} ms (pause timeout)"));
+        self.failed_for(
+            f,
+            Some(FailureReason::PauseTimeout),
+            what,
+            &format!("not continued within {ms} ms (pause timeout)"),
+        );
         self.fail_parked(txn, state, f.fail_open, &f.name);
     }
 

@@ -112,7 +112,7 @@ pub fn init(args: &[String]) {
 
 /// Reads every filter file of `files` (the ones named in `plugin.config`), in order. At start-up (`strict` false) a
 /// bad file is one ERROR line and is skipped; for a reload (`strict`) the first bad file is
-/// the error. Unknown keys are one WARNING line per file either way.
+/// the error. Unknown keys and ignored documents are WARNING lines either way.
 fn read_configs(files: &[PathBuf], config_dir: &Path, strict: bool) -> Result<Vec<(PathBuf, FilterConfig)>, String> {
     let mut configs = Vec::new();
     for path in files {
@@ -124,11 +124,8 @@ fn read_configs(files: &[PathBuf], config_dir: &Path, strict: bool) -> Result<Ve
                 continue;
             }
         };
-        if !cfg.unknown_keys.is_empty() {
-            log::warning(
-                format!("ats_wasm: {}: unknown keys ignored: {}", path.display(), cfg.unknown_keys.join(", "))
-                    .as_bytes(),
-            );
+        for w in cfg.warnings() {
+            log::warning(format!("ats_wasm: {w}").as_bytes());
         }
         configs.push((path.clone(), cfg));
     }

@@ -55,17 +55,35 @@ fn denied<B: Backend>(c: &mut Ctx<'_, B>, name: &'static str) -> bool {
     true
 }
 
+/// A function the module imports that ats-wasm does not implement: it is linked to a stub.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stub {
+    /// The import, `module.name`.
+    pub import: String,
+    /// What calling it does (`answers UNIMPLEMENTED (12)`, …).
+    pub effect: String,
+    /// Whether it is a function of the Proxy-Wasm ABI (`proxy_grpc_*`), which every Rust SDK
+    /// module imports whether it uses it or not.
+    pub in_abi: bool,
+}
+
 /// Builds a linker with every host function for `module`: the implemented ones, and stubs for
 /// any other function it imports (`UNIMPLEMENTED` for `env`, `EBADF` for WASI `fd_*`, `ENOSYS`
 /// for other WASI functions). Fails with a clear message when the module imports something
 /// that is not a function (ats-wasm provides no memories, tables or globals).
 pub fn linker_for<B: Backend>(module: &Module) -> wasmtime::Result<Linker<HostState<B>>> {
+    link(module).map(|(linker, _)| linker)
+}
+
+/// [`linker_for`], and the imports it linked to stubs, in import order.
+pub fn link<B: Backend>(module: &Module) -> wasmtime::Result<(Linker<HostState<B>>, Vec<Stub>)> {
     let mut linker = Linker::new(module.engine());
     let mut reg = Registrar { linker: &mut linker, defined: HashSet::new() };
     add_proxy_functions(&mut reg)?;
     add_wasi_functions(&mut reg, "wasi_snapshot_preview1")?;
     add_wasi_functions(&mut reg, "wasi_unstable")?;
     let defined = std::mem::take(&mut reg.defined);
+    let mut stubs = Vec::new();
     for import in module.imports() {
         if defined.contains(&(import.module(), import.name())) {
             continue;
@@ -78,12 +96,21 @@ pub fn linker_for<B: Backend>(module: &Module) -> wasmtime::Result<Linker<HostSt
             );
         };
         let is_wasi = import.module().starts_with("wasi");
-        let code = match (is_wasi, import.name().starts_with("fd_")) {
-            (true, true) => wasi::BADF,
-            (true, false) => wasi::NOSYS,
-            (false, _) => Status::Unimplemented as i32,
+        let (code, code_name) = match (is_wasi, import.name().starts_with("fd_")) {
+            (true, true) => (wasi::BADF, "EBADF"),
+            (true, false) => (wasi::NOSYS, "ENOSYS"),
+            (false, _) => (Status::Unimplemented as i32, "UNIMPLEMENTED"),
         };
         let name = format!("{}.{}", import.module(), import.name());
+        stubs.push(Stub {
+            import: name.clone(),
+            effect: if ty.results().len() == 0 {
+                "does nothing".into()
+            } else {
+                format!("answers {code_name} ({code})")
+            },
+            in_abi: import.module() == "env" && import.name().starts_with("proxy_grpc_"),
+        });
         let warned = Arc::new(AtomicBool::new(false));
         let results: Vec<ValType> = ty.results().collect();
         linker.func_new(import.module(), import.name(), ty.clone(), move |mut caller: Ctx<'_, B>, _params, out| {
@@ -104,7 +131,7 @@ pub fn linker_for<B: Backend>(module: &Module) -> wasmtime::Result<Linker<HostSt
             Ok(())
         })?;
     }
-    Ok(linker)
+    Ok((linker, stubs))
 }
 
 /// Defines `env.<name>` as `<section>::<name>` behind the capability check: a refused call

@@ -41,4 +41,4 @@ mod streams;
 mod time;
 mod wasi;
 
-pub use linker::linker_for;
+pub use linker::{Stub, link, linker_for};

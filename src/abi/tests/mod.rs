@@ -262,3 +262,109 @@ fn an_observer_is_told_of_every_callback_the_guest_exports() {
         "in dispatch order"
     );
 }
+
+#[test]
+fn link_lists_the_imports_it_stubs_and_what_calling_them_does() {
+    let wat = r#"(module
+      (import "env" "proxy_made_up_function" (func (param i32) (result i32)))
+      (import "env" "proxy_grpc_cancel" (func (param i32) (result i32)))
+      (import "env" "made_up_void" (func))
+      (import "wasi_snapshot_preview1" "fd_close" (func (param i32) (result i32)))
+      (import "wasi_snapshot_preview1" "sched_yield" (func (result i32)))
+      (import "env" "proxy_log" (func (param i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "proxy_abi_version_0_2_1"))
+      (func (export "malloc") (param i32) (result i32) (i32.const 1024)))"#;
+    let module = Module::new(&engine(), wat).unwrap();
+    let (_, stubs) = super::link::<MemoryBackend>(&module).unwrap();
+    let got: Vec<(&str, &str, bool)> = stubs.iter().map(|s| (s.import.as_str(), s.effect.as_str(), s.in_abi)).collect();
+    assert_eq!(
+        got,
+        [
+            ("env.proxy_made_up_function", "answers UNIMPLEMENTED (12)", false),
+            ("env.proxy_grpc_cancel", "answers UNIMPLEMENTED (12)", true),
+            ("env.made_up_void", "does nothing", false),
+            ("wasi_snapshot_preview1.fd_close", "answers EBADF (8)", false),
+            ("wasi_snapshot_preview1.sched_yield", "answers ENOSYS (52)", false),
+        ],
+        "proxy_log is provided"
+    );
+}
+
+/// A module whose `proxy_on_request_headers` asks for `pages` more pages and traps when the
+/// header count is 1 (the guest's allocator giving up), or just traps when it is 2.
+fn grow_then_trap(pages: u32) -> String {
+    format!(
+        r#"(module
+      (memory (export "memory") 1)
+      (func (export "proxy_abi_version_0_2_1"))
+      (func (export "malloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+        (if (i32.eq (local.get 1) (i32.const 1))
+          (then (drop (memory.grow (i32.const {pages}))) unreachable))
+        (if (i32.eq (local.get 1) (i32.const 2)) (then unreachable))
+        (i32.const 0)))"#
+    )
+}
+
+#[test]
+fn a_refused_memory_grow_is_remembered_for_the_callback_only() {
+    let engine = engine();
+    // 64 MiB is the engine's cap: 2,000 pages (125 MiB) at once are refused.
+    let mut vm = vm(&engine, grow_then_trap(2_000).as_bytes(), "").unwrap();
+    let ctx = guest::create_stream_context(&mut vm, 1).unwrap();
+    assert!(guest::on_request_headers(&mut vm, ctx, 1, true).is_err());
+    assert!(vm.store.data().memory_refused(), "the refusal is remembered");
+    let size = vm.instance.get_memory(&mut vm.store, "memory").unwrap().data_size(&vm.store);
+    assert_eq!(size, 65536, "the memory did not grow at all");
+
+    // The next callback starts afresh.
+    let ctx = guest::create_stream_context(&mut vm, 1).unwrap();
+    assert!(guest::on_request_headers(&mut vm, ctx, 0, true).is_ok());
+    assert!(!vm.store.data().memory_refused(), "reset when a callback starts");
+
+    // A plain trap is not the memory cap.
+    let mut vm2 = vm_fresh(&engine, &grow_then_trap(2_000));
+    let ctx = guest::create_stream_context(&mut vm2, 1).unwrap();
+    assert!(guest::on_request_headers(&mut vm2, ctx, 2, true).is_err());
+    assert!(!vm2.store.data().memory_refused());
+
+    // A grow within the cap is no refusal.
+    let mut vm3 = vm_fresh(&engine, &grow_then_trap(10));
+    let ctx = guest::create_stream_context(&mut vm3, 1).unwrap();
+    assert!(guest::on_request_headers(&mut vm3, ctx, 1, true).is_err());
+    assert!(!vm3.store.data().memory_refused());
+}
+
+fn vm_fresh(engine: &Engine, wat: &str) -> ProxyVm<MemoryBackend> {
+    vm(engine, wat.as_bytes(), "").unwrap()
+}
+
+#[test]
+fn an_initialization_failure_names_its_step() {
+    let module = |body: &str| {
+        format!(
+            r#"(module
+      (memory (export "memory") 1)
+      (func (export "proxy_abi_version_0_2_1"))
+      (func (export "malloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+      (func (export "proxy_on_configure") (param i32 i32) (result i32) {body}))"#
+        )
+    };
+    let engine = engine();
+    let init_error = |body: &str| {
+        let err = vm(&engine, module(body).as_bytes(), "").err().expect("must fail");
+        let e = err.downcast_ref::<super::InitError>().expect("an InitError");
+        (e.step, e.error.as_ref().map(|e| format!("{e:#}")), e.memory_refused, err.to_string())
+    };
+    let (step, error, refused, text) = init_error("(i32.const 0)");
+    assert_eq!((step, error, refused), ("proxy_on_configure", None, false));
+    assert_eq!(text, "proxy_on_configure returned false");
+    let (step, error, refused, text) = init_error("unreachable");
+    assert_eq!((step, refused), ("proxy_on_configure", false));
+    assert!(error.unwrap().contains("unreachable"), "{text}");
+    assert!(text.starts_with("proxy_on_configure: "), "{text}");
+    let (step, _, refused, _) = init_error("(drop (memory.grow (i32.const 2000))) unreachable");
+    assert_eq!((step, refused), ("proxy_on_configure", true));
+}

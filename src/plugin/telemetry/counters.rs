@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use metrics::{Counter, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
@@ -45,6 +45,12 @@ pub const HTTP_CALLS_REFUSED: &str = "ats_wasm_http_calls_refused_total";
 /// diags.log lines about refused calls: at most this many per filter and minute.
 const REFUSED_CALL_LINES_PER_MINUTE: u64 = 5;
 
+/// diags.log lines about failures: at most this many per filter, reason and minute.
+pub const FAILURE_LINES_PER_MINUTE: u64 = 5;
+
+/// How often, at most, one line says how many lines of one kind were left out.
+pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
+
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
 /// Why a guest callback failed (see `failure_kind` in the plugin).
@@ -70,6 +76,16 @@ impl FailureReason {
             FailureReason::Deadline => "deadline",
             FailureReason::MemoryCap => "memory_cap",
             FailureReason::PauseTimeout => "pause_timeout",
+        }
+    }
+
+    /// How failure lines name the reason: `trap`, `deadline exceeded`, …
+    pub fn describe(self) -> &'static str {
+        match self {
+            FailureReason::Trap => "trap",
+            FailureReason::Deadline => "deadline exceeded",
+            FailureReason::MemoryCap => "memory cap reached",
+            FailureReason::PauseTimeout => "pause timeout",
         }
     }
 
@@ -153,17 +169,22 @@ pub struct FilterMetrics {
     refused_call_lines: LineBudget,
     shared_refused: Option<[Counter; SharedBound::ALL.len()]>,
     shared_lines: LineBudget,
+    /// One per [`FailureReason`], then one for other failures (no VM, a bad body…).
+    failure_lines: [LineBudget; FailureReason::ALL.len() + 1],
     ats: AtsStats,
     name: String,
 }
 
 /// A per-minute budget of diags.log lines, so a guest cannot flood diags.log; what it
-/// suppressed is counted and said in the next line it allows.
+/// suppressed is counted and said in a summary line ([`LineBudget::summary`], at most every
+/// [`SUMMARY_INTERVAL`]) or in the next line it allows, whichever comes first.
 struct LineBudget {
     start: Instant,
     minute: AtomicU64,
     used: AtomicU64,
     suppressed: AtomicU64,
+    /// When the last summary was written, in seconds since `start`.
+    summarized: AtomicU64,
 }
 
 impl LineBudget {
@@ -173,7 +194,21 @@ impl LineBudget {
             minute: AtomicU64::new(0),
             used: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
+            summarized: AtomicU64::new(0),
         }
+    }
+
+    /// `Some(lines suppressed since the last line about them)` when some were and the last
+    /// summary is at least `interval` old.
+    fn summary(&self, interval: Duration) -> Option<u64> {
+        let now = self.start.elapsed().as_secs();
+        if self.suppressed.load(Ordering::Relaxed) == 0
+            || now.saturating_sub(self.summarized.load(Ordering::Relaxed)) < interval.as_secs()
+        {
+            return None;
+        }
+        self.summarized.store(now, Ordering::Relaxed);
+        Some(self.suppressed.swap(0, Ordering::Relaxed)).filter(|n| *n > 0)
     }
 
     /// `Some(lines suppressed since the last allowed one)` when a line may be written now.
@@ -262,6 +297,7 @@ impl FilterMetrics {
             refused_call_lines: LineBudget::new(),
             shared_refused,
             shared_lines: LineBudget::new(),
+            failure_lines: std::array::from_fn(|_| LineBudget::new()),
             ats,
             name: name.to_string(),
         })
@@ -282,6 +318,7 @@ impl FilterMetrics {
             refused_call_lines: LineBudget::new(),
             shared_refused: None,
             shared_lines: LineBudget::new(),
+            failure_lines: std::array::from_fn(|_| LineBudget::new()),
             name: "test".to_string(),
             ats: AtsStats {
                 requests: None,
@@ -340,7 +377,7 @@ impl FilterMetrics {
         }
         if let Some(suppressed) = self.reject_lines.allow(REJECT_LINES_PER_MINUTE) {
             let why = if invalid_name { "a name that is not a token" } else { "a value with CR, LF or NUL" };
-            let more = if suppressed > 0 { format!(" ({suppressed} more such lines left out)") } else { String::new() };
+            let more = left_out(suppressed);
             log::warning(
                 format!("ats_wasm: filter \"{}\": refused to write {what} with {why} (BAD_ARGUMENT){more}", self.name)
                     .as_bytes(),
@@ -393,6 +430,42 @@ impl FilterMetrics {
         }
     }
 
+    /// Whether a failure line for `reason` (`None`: a failure that is not the guest's, such as
+    /// no VM) may be written now — at most [`FAILURE_LINES_PER_MINUTE`] a minute per filter and
+    /// reason — and then what to append to it: how many such lines were left out since the
+    /// last line about them. The counters count every failure either way.
+    pub fn failure_line(&self, reason: Option<FailureReason>) -> Option<String> {
+        let budget = &self.failure_lines[failure_index(reason)];
+        budget.allow(FAILURE_LINES_PER_MINUTE).map(left_out)
+    }
+
+    /// Writes one line per kind of line that was left out since [`SUMMARY_INTERVAL`] (or
+    /// since the last such line), saying how many. Any thread (the stats thread calls it).
+    pub(super) fn summarize(&self) {
+        let kinds = FailureReason::ALL.iter().map(|r| Some(*r)).chain([None]);
+        for (reason, budget) in kinds.zip(&self.failure_lines) {
+            if let Some(n) = budget.summary(SUMMARY_INTERVAL) {
+                let what = reason.map_or("other", FailureReason::describe);
+                log::error(
+                    format!(
+                        "ats_wasm: filter \"{}\": {n} more failure lines ({what}) left out (at most {FAILURE_LINES_PER_MINUTE} a minute; the counters count every failure)",
+                        self.name
+                    )
+                    .as_bytes(),
+                );
+            }
+        }
+        if let Some(n) = self.reject_lines.summary(SUMMARY_INTERVAL) {
+            log::warning(
+                format!(
+                    "ats_wasm: filter \"{}\": {n} more lines about refused header writes left out (at most {REJECT_LINES_PER_MINUTE} a minute; {REJECTED_WRITES} counts every one)",
+                    self.name
+                )
+                .as_bytes(),
+            );
+        }
+    }
+
     /// Copies the pool's totals into the ATS stats (any thread).
     pub(super) fn refresh_ats(&self, pool: &ats_wasm_pool::PoolStats) {
         let t = pool.total();
@@ -406,6 +479,16 @@ impl FilterMetrics {
             }
         }
     }
+}
+
+/// The index of `reason`'s line budget (`None`: the last).
+fn failure_index(reason: Option<FailureReason>) -> usize {
+    reason.and_then(|r| FailureReason::ALL.iter().position(|x| *x == r)).unwrap_or(FailureReason::ALL.len())
+}
+
+/// What a line that is allowed again appends: how many like it were left out before it.
+fn left_out(suppressed: u64) -> String {
+    if suppressed > 0 { format!(" ({suppressed} more such lines left out)") } else { String::new() }
 }
 
 /// What the scrape renders about each filter: its name, its pool's counters, its metrics.
@@ -432,6 +515,23 @@ mod tests {
         b.minute.store(u64::MAX, Ordering::Relaxed);
         assert_eq!(b.allow(3), Some(2));
         assert_eq!(b.allow(3), Some(0));
+    }
+
+    #[test]
+    fn suppressed_lines_are_summarized_at_most_once_an_interval() {
+        let b = LineBudget::new();
+        assert_eq!(b.allow(1), Some(0));
+        assert_eq!(b.summary(Duration::ZERO), None, "nothing was left out");
+        assert_eq!((b.allow(1), b.allow(1)), (None, None));
+        assert_eq!(b.summary(Duration::from_secs(3600)), None, "the last summary is too recent");
+        assert_eq!(b.summary(Duration::ZERO), Some(2));
+        assert_eq!(b.summary(Duration::ZERO), None, "said once");
+        assert_eq!(b.allow(1), None);
+        // A new minute: the next allowed line says what no summary said yet.
+        b.minute.store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(b.allow(1), Some(1));
+        assert_eq!(failure_index(None), FailureReason::ALL.len());
+        assert_eq!(failure_index(Some(FailureReason::Deadline)), 1);
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //!
 //! - `reloads`: reload results and generation gauges ([`GENERATIONS`]), plain atomics.
 //!
-//! ATS stats of the pools are refreshed every [`REFRESH`] by a second thread. None of these
+//! ATS stats of the pools are refreshed (and left-out diags.log lines summarized) every
+//! [`REFRESH`] by a second thread. None of these
 //! threads is an ATS thread, calls into a guest or holds a lock a hook takes; all are detached,
 //! so they never keep `traffic_server` from exiting. With `--metrics-listen=off` (or a port that cannot
 //! be bound) there is no recorder, callbacks are not timed and only the ATS stats are kept.
@@ -36,8 +37,8 @@ use std::time::Duration;
 use crate::ts::log;
 
 pub use counters::{
-    CALLBACK_FAILURES, Exporter, FAILURE_OUTCOMES, FailureReason, FilterMetrics, FilterSnapshot, HTTP_CALLS_REFUSED,
-    REJECTED_WRITES, ats_stat_name,
+    CALLBACK_FAILURES, Exporter, FAILURE_LINES_PER_MINUTE, FAILURE_OUTCOMES, FailureReason, FilterMetrics,
+    FilterSnapshot, HTTP_CALLS_REFUSED, REJECTED_WRITES, SUMMARY_INTERVAL, ats_stat_name,
 };
 pub use endpoint::prepare;
 pub use reloads::{GENERATIONS, GenerationCounters, render_generations};
@@ -61,6 +62,7 @@ pub fn start(listener: Option<(TcpListener, Exporter)>, filters: fn() -> Vec<Fil
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 for f in filters() {
                     f.metrics.refresh_ats(&f.pool);
+                    f.metrics.summarize();
                 }
                 if let Some(h) = &handle {
                     h.run_upkeep();
