@@ -22,11 +22,18 @@ use crate::ts::txn::{Resume, Txn};
 /// Puts a guest's local-response headers on the response ATS built, replacing what ATS's
 /// error-page path adds (`Cache-Control: no-store`, `Content-Language`). A 204 or 304 carries
 /// no body, so it loses the `Content-Length` ATS leaves there.
-fn apply_local_response_headers(h: &HeaderMap, extra: &[(Vec<u8>, Vec<u8>)]) {
+fn apply_local_response_headers(txn: Txn, h: &HeaderMap, extra: &[(Vec<u8>, Vec<u8>)], empty: Option<Vec<u8>>) {
     h.remove(b"cache-control");
     h.remove(b"content-language");
     if matches!(h.status(), 204 | 304) {
         h.remove(b"content-length");
+    } else if let Some(content_type) = empty {
+        // No body: ATS would send its own error page; without one it sends `Content-Length: 0`.
+        txn.clear_local_response_body();
+        h.remove(b"content-type");
+        if !content_type.is_empty() {
+            h.add(b"content-type", &content_type);
+        }
     }
     for (k, v) in extra {
         h.add(k, v);
@@ -49,8 +56,14 @@ pub(super) fn no_body(h: &HeaderMap) -> bool {
 impl Plugin {
     /// A guest's local response in the request phase: ATS answers with it, without the
     /// origin, once the transaction goes on (its extra headers are added when ATS sends it).
-    pub(super) fn answer_locally(txn: Txn, local: &PendingLocalResponse) {
-        txn.set_local_response(local.status, &local.body, &String::from_utf8_lossy(&local.content_type));
+    /// A local response without a body keeps the content type its filter gave, if any.
+    pub(super) fn answer_locally(txn: Txn, state: &mut TxnState, local: &PendingLocalResponse) {
+        let content_type = match (&local.content_type[..], local.body.is_empty()) {
+            (b"", false) => "text/plain".into(),
+            (t, _) => String::from_utf8_lossy(t),
+        };
+        txn.set_local_response(local.status, &local.body, &content_type);
+        state.local_response_empty = local.body.is_empty().then(|| local.content_type.clone());
     }
 
     pub(super) fn request_headers(&self, txn: Txn) -> Resume {
@@ -118,7 +131,7 @@ impl Plugin {
                     let asked = self.settle(Some(txn), outbox);
                     if let Some(local) = &asked.local {
                         // Also when the callback then failed: the guest had answered.
-                        Self::answer_locally(txn, local);
+                        Self::answer_locally(txn, state, local);
                     }
                     match (result, asked.local) {
                         (Ok((ctx, _)), Some(local)) => {
@@ -135,7 +148,7 @@ impl Plugin {
                                 match asked.control {
                                     // Continued within the same callback.
                                     Some(StreamControl::Continue) => {}
-                                    Some(StreamControl::Close) => return Resume::Error,
+                                    Some(StreamControl::Close) => Resume::Error,
                                     None => {
                                         state.paused = Some(Self::pause(txn, f, Phase::Request, i + 1));
                                         return Resume::Parked;
@@ -171,7 +184,7 @@ impl Plugin {
                 if let Some(extra) = state.local_response_headers.take()
                     && let Some(h) = txn.client_response()
                 {
-                    apply_local_response_headers(&h, &extra);
+                    apply_local_response_headers(txn, &h, &extra, state.local_response_empty.take());
                 }
                 let n = state.contexts.len();
                 let resume = self.run_response_filters(txn, state, n);

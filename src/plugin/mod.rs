@@ -78,6 +78,8 @@ struct FilterCtx {
 struct TxnState {
     contexts: Vec<FilterCtx>,
     local_response_headers: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    /// That local response has no body: `Some(the content type its filter gave, or empty)`.
+    local_response_empty: Option<Vec<u8>>,
     paused: Option<Paused>,
     hooks_added: bool,
     bodies: TxnBodies,
@@ -88,6 +90,7 @@ impl TxnState {
         TxnState {
             contexts: Vec::new(),
             local_response_headers: None,
+            local_response_empty: None,
             paused: None,
             hooks_added: false,
             bodies: TxnBodies::default(),

@@ -108,6 +108,15 @@ impl Txn {
         }
     }
 
+    /// Drops the body of the local response set with [`Txn::set_local_response`]
+    /// (`TSHttpTxnErrorBodySet` with no buffer), at `SEND_RESPONSE_HDR`: ATS then sends it with
+    /// `Content-Length: 0` and no body. (An empty buffer instead makes ATS 9.2 send its own
+    /// error page.)
+    pub fn clear_local_response_body(self) {
+        // SAFETY: live transaction; ATS frees what it held and stores no buffer and no type.
+        unsafe { sys::TSHttpTxnErrorBodySet(self.0, std::ptr::null_mut(), 0, std::ptr::null_mut()) }
+    }
+
     /// The client request's URL as it was before remap (`TSHttpTxnPristineUrlGet`); in a
     /// reverse proxy its host and port come from the client's `Host` header.
     pub fn pristine_url(self) -> Option<super::headers::UrlParts> {
