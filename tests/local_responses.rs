@@ -43,3 +43,49 @@ fn a_local_response_without_a_body_is_sent_with_content_length_zero() {
     assert!(ats.origin().seen().iter().all(|s| !s.path.starts_with("/empty")));
 }
 
+/// An `add-headers` filter named `add` that adds `x-second: ran` to requests and responses.
+fn add_second() -> String {
+    filter_yaml(
+        "add",
+        &example_wasm("add-headers"),
+        r#"{"request_headers": {"x-second": "ran"}, "response_headers": {"x-second": "ran"}}"#,
+    )
+}
+
+/// The `oob-trap` module as filter `trap`, failing closed, with extra `config:` lines.
+fn trap_closed(extra: &str) -> String {
+    format!(
+        "config:\n  name: \"trap\"\n  failure_policy: fail_closed\n{extra}  vm_config:\n    code:\n      local:\n        filename: {}\n",
+        example_wasm("oob-trap").display()
+    )
+}
+
+#[test]
+fn fail_closed_answers_503_in_the_response_phase_for_header_and_body_filters() {
+    // `bodies: none`: a header-only filter; the default (`auto`) gives the module, which
+    // exports the body callbacks, a response transform.
+    for extra in ["  bodies: none\n", ""] {
+        let ats = Ats::builder()
+            .config_file("trap.yaml", trap_closed(extra))
+            .config_file("add.yaml", add_second())
+            .plugin(&["add.yaml", "trap.yaml"])
+            .start();
+        for path in ["/rt/a?body_size=40", "/rt/b?body_size=40&max_age=600", "/rt/b?body_size=40&max_age=600"] {
+            let r = ats.request("GET", path, &[("x-trap-response", "unreachable")], b"");
+            assert_eq!(r.status, 503, "{extra:?} {path}: {r:?}");
+            assert_eq!(r.body_str(), "503 Service Unavailable: filter \"trap\" failed\n", "{extra:?}: {r:?}");
+            // The 503 goes past the other filters' response callbacks, as Envoy's does.
+            assert_eq!(r.header("x-second"), None, "{extra:?}: {r:?}");
+        }
+        assert!(
+            ats.wait_for_diags(
+                "filter \"trap\": proxy_on_response_headers (trap) failed",
+                std::time::Duration::from_secs(5)
+            ),
+            "{}",
+            ats.diags_log()
+        );
+        let r = ats.get("/after?body_size=3");
+        assert_eq!((r.status, r.body.len(), r.header("x-oob-trap")), (200, 3, Some("alive")), "{r:?}");
+    }
+}

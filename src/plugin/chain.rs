@@ -148,7 +148,7 @@ impl Plugin {
                                 match asked.control {
                                     // Continued within the same callback.
                                     Some(StreamControl::Continue) => {}
-                                    Some(StreamControl::Close) => Resume::Error,
+                                    Some(StreamControl::Close) => return Resume::Error,
                                     None => {
                                         state.paused = Some(Self::pause(txn, f, Phase::Request, i + 1));
                                         return Resume::Parked;
@@ -181,6 +181,10 @@ impl Plugin {
         // In place: the hook returns before the transaction is re-enabled.
         self.slot
             .with(txn, |state| {
+                if state.response_failed {
+                    // ATS's 503 for a filter that failed closed: no filter runs on it.
+                    return Resume::Continue;
+                }
                 if let Some(extra) = state.local_response_headers.take()
                     && let Some(h) = txn.client_response()
                 {
@@ -231,7 +235,7 @@ impl Plugin {
                         }
                         (Ok(Action::Pause), None) => match asked.control {
                             Some(StreamControl::Continue) => Resume::Continue,
-                            Some(StreamControl::Close) => Resume::Error,
+                            Some(StreamControl::Close) => return Resume::Error,
                             None => {
                                 state.paused = Some(Self::pause(txn, f, Phase::Response, i));
                                 return Resume::Parked;
@@ -252,7 +256,7 @@ impl Plugin {
                 }
             };
             if resume == Resume::Error {
-                return resume;
+                return Self::fail_closed_response(txn, state, &f.name);
             }
         }
         Resume::Continue

@@ -80,6 +80,9 @@ struct TxnState {
     local_response_headers: Option<Vec<(Vec<u8>, Vec<u8>)>>,
     /// That local response has no body: `Some(the content type its filter gave, or empty)`.
     local_response_empty: Option<Vec<u8>>,
+    /// A fail-closed filter failed in the response phase: ATS answers 503, and no filter runs
+    /// on that answer.
+    response_failed: bool,
     paused: Option<Paused>,
     hooks_added: bool,
     bodies: TxnBodies,
@@ -91,6 +94,7 @@ impl TxnState {
             contexts: Vec::new(),
             local_response_headers: None,
             local_response_empty: None,
+            response_failed: false,
             paused: None,
             hooks_added: false,
             bodies: TxnBodies::default(),
