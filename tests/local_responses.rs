@@ -52,6 +52,28 @@ fn add_second() -> String {
     )
 }
 
+/// As Envoy runs a Proxy-Wasm filter chain: a local reply goes through the encoder side of
+/// every filter whose request callbacks ran (the replying one and those before it, in reverse
+/// order), not through the filters after it, whose stream contexts were never created.
+#[test]
+fn a_request_phase_local_response_runs_the_response_callbacks_of_the_filters_before_it() {
+    for deny_first in [true, false] {
+        let order: &[&str] = if deny_first { &["deny.yaml", "add.yaml"] } else { &["add.yaml", "deny.yaml"] };
+        let ats = Ats::builder()
+            .config_file("deny.yaml", deny("deny", "/admin", 403, "denied\\n"))
+            .config_file("add.yaml", add_second())
+            .plugin(order)
+            .start();
+        let r = ats.get("/admin/x");
+        assert_eq!((r.status, r.body_str().as_ref()), (403, "denied\n"), "{order:?}: {r:?}");
+        let expected = if deny_first { None } else { Some("ran") };
+        assert_eq!(r.header("x-second"), expected, "{order:?}: {r:?}");
+        // Allowed requests run both filters in both orders.
+        let r = ats.get("/public");
+        assert_eq!((r.status, r.header("x-second")), (200, Some("ran")), "{order:?}: {r:?}");
+    }
+}
+
 /// The `oob-trap` module as filter `trap`, failing closed, with extra `config:` lines.
 fn trap_closed(extra: &str) -> String {
     format!(
