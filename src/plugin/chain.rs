@@ -19,17 +19,25 @@ use crate::ts::hooks::HttpHook;
 use crate::ts::log;
 use crate::ts::txn::{Resume, Txn};
 
-/// Puts a guest's local-response headers on the response ATS built, replacing what ATS's
-/// error-page path adds (`Cache-Control: no-store`, `Content-Language`). A 204 or 304 carries
-/// no body, so it loses the `Content-Length` ATS leaves there.
-fn apply_local_response_headers(txn: Txn, h: &HeaderMap, extra: &[(Vec<u8>, Vec<u8>)], empty: Option<Vec<u8>>) {
+/// Puts a guest's local-response headers on the response ATS built, before any response
+/// callback sees it, replacing what ATS's error-page path adds (`Cache-Control: no-store`,
+/// `Content-Language`, its own `Content-Type`): `Content-Type` and `Content-Length` say what
+/// the client gets (`body`: the content type, empty for none, and the body's length). A 204
+/// or 304 carries no body, so it loses the `Content-Length` ATS leaves there.
+fn apply_local_response_headers(txn: Txn, h: &HeaderMap, extra: &[(Vec<u8>, Vec<u8>)], body: Option<(Vec<u8>, usize)>) {
     h.remove(b"cache-control");
     h.remove(b"content-language");
     if matches!(h.status(), 204 | 304) {
         h.remove(b"content-length");
-    } else if let Some(content_type) = empty {
-        // No body: ATS would send its own error page; without one it sends `Content-Length: 0`.
-        txn.clear_local_response_body();
+    } else if let Some((content_type, len)) = body {
+        if len == 0 {
+            // ATS would send its own error page; without a body it sends `Content-Length: 0`.
+            txn.clear_local_response_body();
+        }
+        h.remove(b"content-length");
+        h.add(b"content-length", len.to_string().as_bytes());
+        // ATS was given no type (see `answer_locally`): this header is what the client gets,
+        // as the response callbacks leave it.
         h.remove(b"content-type");
         if !content_type.is_empty() {
             h.add(b"content-type", &content_type);
@@ -55,15 +63,17 @@ pub(super) fn no_body(h: &HeaderMap) -> bool {
 
 impl Plugin {
     /// A guest's local response in the request phase: ATS answers with it, without the
-    /// origin, once the transaction goes on (its extra headers are added when ATS sends it).
-    /// A local response without a body keeps the content type its filter gave, if any.
+    /// origin, once the transaction goes on (its headers, `Content-Type` included, are set
+    /// when ATS sends it). Its content type is the guest's, else `text/plain` for a body and
+    /// none without one.
     pub(super) fn answer_locally(txn: Txn, state: &mut TxnState, local: &PendingLocalResponse) {
         let content_type = match (&local.content_type[..], local.body.is_empty()) {
-            (b"", false) => "text/plain".into(),
-            (t, _) => String::from_utf8_lossy(t),
+            (b"", false) => b"text/plain".to_vec(),
+            (t, _) => t.to_vec(),
         };
-        txn.set_local_response(local.status, &local.body, &content_type);
-        state.local_response_empty = local.body.is_empty().then(|| local.content_type.clone());
+        // An empty type: ATS leaves the `Content-Type` header as the response callbacks left it.
+        txn.set_local_response(local.status, &local.body, "");
+        state.local_response_body = Some((content_type, local.body.len()));
     }
 
     pub(super) fn request_headers(&self, txn: Txn) -> Resume {
@@ -188,7 +198,7 @@ impl Plugin {
                 if let Some(extra) = state.local_response_headers.take()
                     && let Some(h) = txn.client_response()
                 {
-                    apply_local_response_headers(txn, &h, &extra, state.local_response_empty.take());
+                    apply_local_response_headers(txn, &h, &extra, state.local_response_body.take());
                 }
                 let n = state.contexts.len();
                 let resume = self.run_response_filters(txn, state, n);

@@ -78,8 +78,8 @@ struct FilterCtx {
 struct TxnState {
     contexts: Vec<FilterCtx>,
     local_response_headers: Option<Vec<(Vec<u8>, Vec<u8>)>>,
-    /// That local response has no body: `Some(the content type its filter gave, or empty)`.
-    local_response_empty: Option<Vec<u8>>,
+    /// That local response's `Content-Type` (empty for none) and body length.
+    local_response_body: Option<(Vec<u8>, usize)>,
     /// A fail-closed filter failed in the response phase: ATS answers 503, and no filter runs
     /// on that answer.
     response_failed: bool,
@@ -93,7 +93,7 @@ impl TxnState {
         TxnState {
             contexts: Vec::new(),
             local_response_headers: None,
-            local_response_empty: None,
+            local_response_body: None,
             response_failed: false,
             paused: None,
             hooks_added: false,

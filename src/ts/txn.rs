@@ -93,7 +93,8 @@ impl Txn {
     /// (`TSHttpTxnStatusSet` + `TSHttpTxnErrorBodySet`). Resume with [`Resume::Continue`]
     /// afterwards: from `READ_REQUEST_HDR` ATS then builds the response without contacting the
     /// origin, for any status. (Measured on 9.2: resuming with `Resume::Error` instead turns
-    /// 2xx/3xx statuses into "500 INKApi Error" and closes the connection.)
+    /// 2xx/3xx statuses into "500 INKApi Error" and closes the connection.) An empty
+    /// `content_type` leaves the response's `Content-Type` header as it is when ATS sends it.
     pub fn set_local_response(self, status: u16, body: &[u8], content_type: &str) {
         // SAFETY: live transaction. ATS takes ownership of both buffers and frees them with
         // TSfree, so they are allocated with TSmalloc and fully initialized here.
