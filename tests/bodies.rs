@@ -71,8 +71,14 @@ fn an_upstream_format_yaml_gets_the_bodies_its_module_exports_callbacks_for() {
     // (the default) filters its bodies, as the upstream plugin does; one NOTE says so.
     let ats = Ats::builder()
         .net_threads(2)
-        .config_file("rw.yaml", harness::filter_yaml("rw", &example_wasm("body-rewrite"), r#"{"from": "origin", "to": "filter"}"#))
-        .config_file("add.yaml", yaml("add", "add-headers", r#"{"response_headers": {"x-add": "1"}}"#, &["bodies: none"]))
+        .config_file(
+            "rw.yaml",
+            harness::filter_yaml("rw", &example_wasm("body-rewrite"), r#"{"from": "origin", "to": "filter"}"#),
+        )
+        .config_file(
+            "add.yaml",
+            yaml("add", "add-headers", r#"{"response_headers": {"x-add": "1"}}"#, &["bodies: none"]),
+        )
         .plugin(&["add.yaml", "rw.yaml"])
         .start();
     for path in ["/r?body_size=60&fill=origin-", "/r?body_size=5000&fill=origin-&chunked=700"] {
@@ -84,7 +90,10 @@ fn an_upstream_format_yaml_gets_the_bodies_its_module_exports_callbacks_for() {
     let diags = ats.diags_log();
     let notes: Vec<&str> = diags.lines().filter(|l| l.contains("bodies: auto")).collect();
     assert_eq!(notes.len(), 1, "one NOTE, for rw only: {notes:?}");
-    assert!(notes[0].contains("NOTE") && notes[0].contains("filter \"rw\": gets request and response bodies"), "{notes:?}");
+    assert!(
+        notes[0].contains("NOTE") && notes[0].contains("filter \"rw\": gets request and response bodies"),
+        "{notes:?}"
+    );
     assert!(notes[0].contains("`bodies: none`"), "{notes:?}");
 }
 

@@ -284,7 +284,11 @@ fn body_keys_have_defaults_and_are_checked() {
     assert_eq!(Bodies::Request.resolve(false, true), Bodies::Request);
     assert!(!Bodies::Auto.request() && !Bodies::Auto.response());
     assert_eq!(Bodies::None.auto_note(), None);
-    assert!(Bodies::Response.auto_note().is_some_and(|n| n.contains("proxy_on_response_body") && n.contains("bodies: none")));
+    assert!(
+        Bodies::Response
+            .auto_note()
+            .is_some_and(|n| n.contains("proxy_on_response_body") && n.contains("bodies: none"))
+    );
     let f = parse(&format!("config:\n  bodies: response\n  max_body_bytes: 4M\n  cache_transformed: true\n{base}"))
         .unwrap();
     assert_eq!((f.bodies, f.max_body_bytes, f.cache_transformed), (Bodies::Response, 4 << 20, true));

@@ -5,11 +5,11 @@
 
 use ats_wasm_pool::{LeasedVm, PoolError};
 
-use super::{Plugin, TxnState};
 use super::backend::AtsBackend;
 use super::diags::one_line;
 use super::filter::Filter;
 use super::telemetry::FailureReason;
+use super::{Plugin, TxnState};
 use crate::abi::{HostState, guest};
 use crate::ts::log;
 use crate::ts::txn::{Resume, Txn};
