@@ -113,10 +113,11 @@ fn prepend_append_and_report_map_to_set_buffer_bytes() {
 }
 
 #[test]
-fn filters_without_bodies_key_get_no_transform() {
-    let ats = rewrite_ats(r#"{"from": "origin", "to": "filter"}"#, &[]);
+fn filters_with_bodies_none_get_no_transform() {
+    // `none` overrides what the module exports (body-rewrite exports the body callbacks).
+    let ats = rewrite_ats(r#"{"from": "origin", "to": "filter"}"#, &["bodies: none"]);
     let r = ats.get("/n?body_size=60&fill=origin-");
-    assert_eq!(r.body_str(), fill("origin-", 60), "default bodies: none leaves the body alone");
+    assert_eq!(r.body_str(), fill("origin-", 60), "bodies: none leaves the body alone");
     assert_eq!(r.header("content-length"), Some("60"), "{r:?}");
 }
 
