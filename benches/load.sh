@@ -123,7 +123,7 @@ start_ats() {
       ;;
     wasm-bodies)
       cp "$wasm" "$d/etc/add_headers.wasm"
-      sed 's/^config:$/config:\n  bodies: response/' "$yaml" >"$d/etc/add-headers.yaml"
+      sed 's/^  bodies: none$/  bodies: response/' "$yaml" >"$d/etc/add-headers.yaml"
       echo "$plugin --isolation=shared --metrics-listen=127.0.0.1:$(free_port) add-headers.yaml" >"$d/etc/plugin.config"
       ;;
     wasm-deny)

@@ -14,7 +14,7 @@
 set -euo pipefail
 
 here="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
-modules=(add_headers oob_trap abi_probe deny echo_properties ticker body_rewrite auth_call call_probe hostile_bounds)
+modules=(add_headers oob_trap abi_probe deny echo_properties ticker body_rewrite auth_call call_probe replace_body config_header call_gate background local_echo hostile_bounds)
 
 for tool in /usr/bin/cargo /usr/bin/rustc; do
     if [[ ! -x $tool ]]; then

@@ -66,6 +66,38 @@ fn response_body_is_rewritten_and_reframed() {
 }
 
 #[test]
+fn an_upstream_format_yaml_gets_the_bodies_its_module_exports_callbacks_for() {
+    // No ats-wasm key at all: the body-rewrite module exports the body callbacks, so `auto`
+    // (the default) filters its bodies, as the upstream plugin does; one NOTE says so.
+    let ats = Ats::builder()
+        .net_threads(2)
+        .config_file(
+            "rw.yaml",
+            harness::filter_yaml("rw", &example_wasm("body-rewrite"), r#"{"from": "origin", "to": "filter"}"#),
+        )
+        .config_file(
+            "add.yaml",
+            yaml("add", "add-headers", r#"{"response_headers": {"x-add": "1"}}"#, &["bodies: none"]),
+        )
+        .plugin(&["add.yaml", "rw.yaml"])
+        .start();
+    for path in ["/r?body_size=60&fill=origin-", "/r?body_size=5000&fill=origin-&chunked=700"] {
+        let r = ats.get(path);
+        let n = if path.contains("5000") { 5000 } else { 60 };
+        assert_eq!((r.status, r.header("x-add")), (200, Some("1")), "{r:?}");
+        assert_eq!(r.body_str(), fill("origin-", n).replace("origin", "filter"), "{path}");
+    }
+    let diags = ats.diags_log();
+    let notes: Vec<&str> = diags.lines().filter(|l| l.contains("bodies: auto")).collect();
+    assert_eq!(notes.len(), 1, "one NOTE, for rw only: {notes:?}");
+    assert!(
+        notes[0].contains("NOTE") && notes[0].contains("filter \"rw\": gets request and response bodies"),
+        "{notes:?}"
+    );
+    assert!(notes[0].contains("`bodies: none`"), "{notes:?}");
+}
+
+#[test]
 fn prepend_append_and_report_map_to_set_buffer_bytes() {
     let ats = rewrite_ats(
         r#"{"from": "a", "to": "b", "prepend": "<<", "append": ">>", "report": true}"#,
@@ -81,10 +113,11 @@ fn prepend_append_and_report_map_to_set_buffer_bytes() {
 }
 
 #[test]
-fn filters_without_bodies_key_get_no_transform() {
-    let ats = rewrite_ats(r#"{"from": "origin", "to": "filter"}"#, &[]);
+fn filters_with_bodies_none_get_no_transform() {
+    // `none` overrides what the module exports (body-rewrite exports the body callbacks).
+    let ats = rewrite_ats(r#"{"from": "origin", "to": "filter"}"#, &["bodies: none"]);
     let r = ats.get("/n?body_size=60&fill=origin-");
-    assert_eq!(r.body_str(), fill("origin-", 60), "default bodies: none leaves the body alone");
+    assert_eq!(r.body_str(), fill("origin-", 60), "bodies: none leaves the body alone");
     assert_eq!(r.header("content-length"), Some("60"), "{r:?}");
 }
 
@@ -367,10 +400,20 @@ fn local_responses_from_the_response_phase_replace_status_headers_and_body() {
 }
 
 #[test]
-fn local_responses_from_the_response_phase_need_a_response_transform() {
-    // Without `bodies: response` the call answers UNIMPLEMENTED; the Rust SDK traps on it and
-    // fail_open lets the origin's response through.
+fn local_responses_from_the_response_phase_work_with_the_default_bodies() {
+    // No `bodies:` key: `auto` gives deny, which exports `proxy_on_response_body` as every Rust
+    // SDK module does, a response transform.
     let ats = deny_ats(403, &[]);
+    let r = ats.get("/deny/z?body_size=5&fill=o");
+    assert_eq!((r.status, r.body_str().as_ref()), (403, "local 403\n"), "{r:?}");
+    assert_eq!(r.header("x-denied-by"), Some("path prefix /deny"), "{r:?}");
+}
+
+#[test]
+fn local_responses_from_the_response_phase_need_a_response_transform() {
+    // With `bodies: none` the call answers UNIMPLEMENTED; the Rust SDK traps on it and
+    // fail_open lets the origin's response through.
+    let ats = deny_ats(403, &["bodies: none"]);
     let r = ats.get("/deny/y?body_size=5&fill=o");
     assert_eq!((r.status, r.body_str().as_ref()), (200, "ooooo"), "{r:?}");
     assert!(

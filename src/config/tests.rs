@@ -287,7 +287,23 @@ fn bad_upstreams_are_rejected_with_their_key() {
 fn body_keys_have_defaults_and_are_checked() {
     let base = "  vm_config:\n    code:\n      local:\n        filename: m.wasm\n";
     let f = parse(&format!("config:\n{base}")).unwrap();
-    assert_eq!((f.bodies, f.max_body_bytes, f.cache_transformed), (Bodies::None, 1 << 20, false));
+    assert_eq!((f.bodies, f.max_body_bytes, f.cache_transformed), (Bodies::Auto, 1 << 20, false));
+    assert_eq!(parse(&format!("config:\n  bodies: auto\n{base}")).unwrap().bodies, Bodies::Auto);
+    assert_eq!(parse(&format!("config:\n  bodies: none\n{base}")).unwrap().bodies, Bodies::None);
+    // `auto` follows the module's exports; an explicit setting overrides them.
+    assert_eq!(Bodies::Auto.resolve(true, true), Bodies::Both);
+    assert_eq!(Bodies::Auto.resolve(false, true), Bodies::Response);
+    assert_eq!(Bodies::Auto.resolve(true, false), Bodies::Request);
+    assert_eq!(Bodies::Auto.resolve(false, false), Bodies::None);
+    assert_eq!(Bodies::None.resolve(true, true), Bodies::None);
+    assert_eq!(Bodies::Request.resolve(false, true), Bodies::Request);
+    assert!(!Bodies::Auto.request() && !Bodies::Auto.response());
+    assert_eq!(Bodies::None.auto_note(), None);
+    assert!(
+        Bodies::Response
+            .auto_note()
+            .is_some_and(|n| n.contains("proxy_on_response_body") && n.contains("bodies: none"))
+    );
     let f = parse(&format!("config:\n  bodies: response\n  max_body_bytes: 4M\n  cache_transformed: true\n{base}"))
         .unwrap();
     assert_eq!((f.bodies, f.max_body_bytes, f.cache_transformed), (Bodies::Response, 4 << 20, true));

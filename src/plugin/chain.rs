@@ -20,14 +20,29 @@ use crate::ts::hooks::HttpHook;
 use crate::ts::log;
 use crate::ts::txn::{Resume, Txn};
 
-/// Puts a guest's local-response headers on the response ATS built, replacing what ATS's
-/// error-page path adds (`Cache-Control: no-store`, `Content-Language`). A 204 or 304 carries
-/// no body, so it loses the `Content-Length` ATS leaves there.
-fn apply_local_response_headers(h: &HeaderMap, extra: &[(Vec<u8>, Vec<u8>)]) {
+/// Puts a guest's local-response headers on the response ATS built, before any response
+/// callback sees it, replacing what ATS's error-page path adds (`Cache-Control: no-store`,
+/// `Content-Language`, its own `Content-Type`): `Content-Type` and `Content-Length` say what
+/// the client gets (`body`: the content type, empty for none, and the body's length). A 204
+/// or 304 carries no body, so it loses the `Content-Length` ATS leaves there.
+fn apply_local_response_headers(txn: Txn, h: &HeaderMap, extra: &[(Vec<u8>, Vec<u8>)], body: Option<(Vec<u8>, usize)>) {
     h.remove(b"cache-control");
     h.remove(b"content-language");
     if matches!(h.status(), 204 | 304) {
         h.remove(b"content-length");
+    } else if let Some((content_type, len)) = body {
+        if len == 0 {
+            // ATS would send its own error page; without a body it sends `Content-Length: 0`.
+            txn.clear_local_response_body();
+        }
+        h.remove(b"content-length");
+        h.add(b"content-length", len.to_string().as_bytes());
+        // ATS was given no type (see `answer_locally`): this header is what the client gets,
+        // as the response callbacks leave it.
+        h.remove(b"content-type");
+        if !content_type.is_empty() {
+            h.add(b"content-type", &content_type);
+        }
     }
     for (k, v) in extra {
         h.add(k, v);
@@ -49,9 +64,17 @@ pub(super) fn no_body(h: &HeaderMap) -> bool {
 
 impl Plugin {
     /// A guest's local response in the request phase: ATS answers with it, without the
-    /// origin, once the transaction goes on (its extra headers are added when ATS sends it).
-    pub(super) fn answer_locally(txn: Txn, local: &PendingLocalResponse) {
-        txn.set_local_response(local.status, &local.body, &String::from_utf8_lossy(&local.content_type));
+    /// origin, once the transaction goes on (its headers, `Content-Type` included, are set
+    /// when ATS sends it). Its content type is the guest's, else `text/plain` for a body and
+    /// none without one.
+    pub(super) fn answer_locally(txn: Txn, state: &mut TxnState, local: &PendingLocalResponse) {
+        let content_type = match (&local.content_type[..], local.body.is_empty()) {
+            (b"", false) => b"text/plain".to_vec(),
+            (t, _) => t.to_vec(),
+        };
+        // An empty type: ATS leaves the `Content-Type` header as the response callbacks left it.
+        txn.set_local_response(local.status, &local.body, "");
+        state.local_response_body = Some((content_type, local.body.len()));
     }
 
     pub(super) fn request_headers(&self, txn: Txn) -> Resume {
@@ -129,7 +152,7 @@ impl Plugin {
                     let asked = self.settle(Some(txn), outbox);
                     if let Some(local) = &asked.local {
                         // Also when the callback then failed: the guest had answered.
-                        Self::answer_locally(txn, local);
+                        Self::answer_locally(txn, state, local);
                     }
                     match (result, asked.local) {
                         (Ok((ctx, _)), Some(local)) => {
@@ -179,10 +202,14 @@ impl Plugin {
         // In place: the hook returns before the transaction is re-enabled.
         self.slot
             .with(txn, |state| {
+                if state.response_failed {
+                    // ATS's 503 for a filter that failed closed: no filter runs on it.
+                    return Resume::Continue;
+                }
                 if let Some(extra) = state.local_response_headers.take()
                     && let Some(h) = txn.client_response()
                 {
-                    apply_local_response_headers(&h, &extra);
+                    apply_local_response_headers(txn, &h, &extra, state.local_response_body.take());
                 }
                 let n = state.contexts.len();
                 let resume = self.run_response_filters(txn, state, n);
@@ -230,7 +257,7 @@ impl Plugin {
                         }
                         (Ok(Action::Pause), None) => match asked.control {
                             Some(StreamControl::Continue) => Resume::Continue,
-                            Some(StreamControl::Close) => Resume::Error,
+                            Some(StreamControl::Close) => return Resume::Error,
                             None => {
                                 state.paused = Some(Self::pause(txn, f, Phase::Response, i));
                                 return Resume::Parked;
@@ -251,7 +278,7 @@ impl Plugin {
                 }
             };
             if resume == Resume::Error {
-                return resume;
+                return Self::fail_closed_response(txn, state, &f.name);
             }
         }
         Resume::Continue

@@ -5,11 +5,11 @@
 
 use ats_wasm_pool::{LeasedVm, PoolError};
 
-use super::Plugin;
 use super::backend::AtsBackend;
 use super::diags::one_line;
 use super::filter::Filter;
 use super::telemetry::FailureReason;
+use super::{Plugin, TxnState};
 use crate::abi::{HostState, InitError, guest};
 use crate::ts::log;
 use crate::ts::txn::{Resume, Txn};
@@ -117,6 +117,18 @@ impl Plugin {
         let body = format!("503 Service Unavailable: filter \"{filter}\" failed\n");
         txn.set_local_response(503, body.as_bytes(), "text/plain");
         Resume::Continue
+    }
+
+    /// Fail-closed in the response phase, at `SEND_RESPONSE_HDR` (before any byte of the
+    /// response left): the transaction fails with the same 503 as in the request phase instead
+    /// of the origin's response. ATS 9.2 answers a failed hook with the status set on the
+    /// transaction when it is 400 or more (else "500 INKApi Error"), and runs
+    /// `SEND_RESPONSE_HDR` again for that answer: `state.response_failed` keeps the filters off
+    /// it, as Envoy sends a failed filter's local reply past the encoder filters.
+    pub(super) fn fail_closed_response(txn: Txn, state: &mut TxnState, filter: &str) -> Resume {
+        Self::fail_closed_local(txn, filter);
+        state.response_failed = true;
+        Resume::Error
     }
 }
 

@@ -31,7 +31,7 @@ pub(crate) struct Filter {
     /// `transaction` isolation: one long-lived VM per thread that only runs the root context's
     /// timers (transaction VMs live too briefly to tick).
     pub(crate) tick_pool: Option<VmPool<HostState<AtsBackend>>>,
-    /// `config.bodies`: which bodies its body callbacks see.
+    /// `config.bodies` (`auto` resolved): which bodies its body callbacks see.
     pub(crate) bodies: Bodies,
     /// `config.max_body_bytes`: the most it may hold buffered.
     pub(crate) max_body_bytes: usize,
@@ -84,6 +84,11 @@ impl Filter {
             .instantiate_pre(&module)
             .map_err(|e| format!("cannot link module {}: {}", path.display(), one_line(&e)))?;
 
+        let exports = |name| module.get_export(name).is_some();
+        let bodies = cfg.bodies.resolve(exports("proxy_on_request_body"), exports("proxy_on_response_body"));
+        if let Some(note) = bodies.auto_note().filter(|_| cfg.bodies == Bodies::Auto) {
+            log::note(format!("ats_wasm: filter \"{}\": {note}", cfg.name).as_bytes());
+        }
         let info = Arc::new(PluginInfo {
             name: cfg.name.clone(),
             root_id: cfg.root_id.clone(),
@@ -133,7 +138,7 @@ impl Filter {
             pool_size,
             tick_period,
             tick_pool,
-            bodies: cfg.bodies,
+            bodies,
             max_body_bytes: cfg.max_body_bytes,
             cache_transformed: cfg.cache_transformed,
             metrics,

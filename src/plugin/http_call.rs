@@ -343,7 +343,7 @@ impl Plugin {
                     (Ok(_), Some(local)) if parked_in == Some(Phase::Request) => {
                         // Answered locally: later filters' request callbacks do not run.
                         state.paused = None;
-                        Self::answer_locally(txn, &local);
+                        Self::answer_locally(txn, &mut state, &local);
                         state.local_response_headers = Some(local.headers);
                         let resume = self.finish_request_phase(txn, state, Resume::Continue);
                         txn.reenable(resume);
@@ -357,7 +357,7 @@ impl Plugin {
                     (Err(e), local) => {
                         if let Some(local) = local.filter(|_| phase == Phase::Request) {
                             // As when a request callback fails after answering locally.
-                            Self::answer_locally(txn, &local);
+                            Self::answer_locally(txn, &mut state, &local);
                         }
                         let fc = state.contexts.remove(i);
                         let fail_open = f.fail_open;

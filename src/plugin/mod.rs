@@ -88,6 +88,11 @@ struct TxnState {
     generation: Pinned,
     contexts: Vec<FilterCtx>,
     local_response_headers: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    /// That local response's `Content-Type` (empty for none) and body length.
+    local_response_body: Option<(Vec<u8>, usize)>,
+    /// A fail-closed filter failed in the response phase: ATS answers 503, and no filter runs
+    /// on that answer.
+    response_failed: bool,
     paused: Option<Paused>,
     hooks_added: bool,
     bodies: TxnBodies,
@@ -99,6 +104,8 @@ impl TxnState {
             contexts: Vec::with_capacity(generation.filters.len()),
             generation,
             local_response_headers: None,
+            local_response_body: None,
+            response_failed: false,
             paused: None,
             hooks_added: false,
             bodies: TxnBodies::default(),

@@ -133,18 +133,22 @@ impl Plugin {
 
     /// Ends the pause of a parked transaction (`state.paused` set) whose pausing filter failed,
     /// under that filter's policy: fail-open runs the rest of the paused phase; fail-closed
-    /// answers with a 503 local response in the request phase and fails the transaction in
-    /// the response phase.
+    /// answers with a 503 local response in the request phase and fails the transaction with a
+    /// 503 in the response phase.
     pub(super) fn fail_parked(&self, txn: Txn, mut state: TxnState, fail_open: bool, name: &str) {
         if !fail_open && state.paused.as_ref().is_some_and(|p| p.phase == Phase::Request) {
             state.paused = None;
             let resume = Self::fail_closed_local(txn, name);
             let resume = self.finish_request_phase(txn, state, resume);
             txn.reenable(resume);
-        } else {
+        } else if fail_open {
             self.slot.put(txn, state);
-            let control = if fail_open { StreamControl::Continue } else { StreamControl::Close };
-            self.resume_txn(txn, control);
+            self.resume_txn(txn, StreamControl::Continue);
+        } else {
+            // The response phase: ATS answers the failed hook with this 503.
+            Self::fail_closed_response(txn, &mut state, name);
+            self.slot.put(txn, state);
+            self.resume_txn(txn, StreamControl::Close);
         }
     }
 }

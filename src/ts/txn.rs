@@ -93,7 +93,8 @@ impl Txn {
     /// (`TSHttpTxnStatusSet` + `TSHttpTxnErrorBodySet`). Resume with [`Resume::Continue`]
     /// afterwards: from `READ_REQUEST_HDR` ATS then builds the response without contacting the
     /// origin, for any status. (Measured on 9.2: resuming with `Resume::Error` instead turns
-    /// 2xx/3xx statuses into "500 INKApi Error" and closes the connection.)
+    /// 2xx/3xx statuses into "500 INKApi Error" and closes the connection.) An empty
+    /// `content_type` leaves the response's `Content-Type` header as it is when ATS sends it.
     pub fn set_local_response(self, status: u16, body: &[u8], content_type: &str) {
         // SAFETY: live transaction. ATS takes ownership of both buffers and frees them with
         // TSfree, so they are allocated with TSmalloc and fully initialized here.
@@ -106,6 +107,15 @@ impl Txn {
             *ct.add(content_type.len()) = 0;
             sys::TSHttpTxnErrorBodySet(self.0, buf as *mut _, body.len(), ct as *mut _);
         }
+    }
+
+    /// Drops the body of the local response set with [`Txn::set_local_response`]
+    /// (`TSHttpTxnErrorBodySet` with no buffer), at `SEND_RESPONSE_HDR`: ATS then sends it with
+    /// `Content-Length: 0` and no body. (An empty buffer instead makes ATS 9.2 send its own
+    /// error page.)
+    pub fn clear_local_response_body(self) {
+        // SAFETY: live transaction; ATS frees what it held and stores no buffer and no type.
+        unsafe { sys::TSHttpTxnErrorBodySet(self.0, std::ptr::null_mut(), 0, std::ptr::null_mut()) }
     }
 
     /// The client request's URL as it was before remap (`TSHttpTxnPristineUrlGet`); in a

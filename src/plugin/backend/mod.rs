@@ -427,7 +427,8 @@ impl Backend for AtsBackend {
         }
         let status =
             u16::try_from(response.status_code).ok().filter(|c| (100..=999).contains(c)).ok_or(Status::BadArgument)?;
-        let mut content_type = b"text/plain".to_vec();
+        // Empty when the guest gives none (`text/plain` is the default for a body).
+        let mut content_type = Vec::new();
         let mut headers = Vec::with_capacity(response.headers.len());
         for (k, v) in response.headers {
             self.check(validate::field(k, v), "a local response header")?;

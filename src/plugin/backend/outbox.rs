@@ -21,7 +21,8 @@ pub struct PendingLocalResponse {
     pub status: u16,
     /// Its body.
     pub body: Vec<u8>,
-    /// Its `Content-Type` (default `text/plain`).
+    /// Its `Content-Type` as the guest gave it; empty when it gave none (`text/plain` is then
+    /// used for a body, and a response without a body gets none).
     pub content_type: Vec<u8>,
     /// Extra headers to put on the response (without `Content-Type`).
     pub headers: Vec<(Vec<u8>, Vec<u8>)>,

@@ -221,7 +221,15 @@ impl Plugin {
                 h.remove(&n);
             }
             h.set_status(local.status);
-            h.add(b"content-type", &local.content_type);
+            match (&local.content_type[..], local.body.is_empty()) {
+                (b"", true) => {}
+                (b"", false) => {
+                    h.add(b"content-type", b"text/plain");
+                }
+                (t, _) => {
+                    h.add(b"content-type", t);
+                }
+            }
             for (k, v) in &local.headers {
                 h.add(k, v);
             }
