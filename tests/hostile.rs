@@ -288,6 +288,39 @@ fn a_looping_tick_is_reported_as_its_deadline() {
 }
 
 #[test]
+fn a_tick_that_keeps_failing_backs_off_instead_of_burning_a_core() {
+    // Every tick loops to the 20 ms deadline, 10 times a second without a backoff. With it, a
+    // thread ticks again after 1 s, 2 s, 4 s … (at most 60 s) while its ticks keep failing.
+    let ats = Ats::builder()
+        .net_threads(1)
+        .config_file(
+            "tick.yaml",
+            filter_yaml("tick-loop", &example_wasm("oob-trap"), "tick_loop").replacen(
+                "config:\n",
+                "config:\n  callback_deadline_ms: 20\n",
+                1,
+            ),
+        )
+        .plugin(&["tick.yaml"])
+        .start();
+    assert!(
+        ats.wait_for_diags("proxy_on_tick (deadline exceeded) failed", Duration::from_secs(5)),
+        "{}",
+        ats.diags_log()
+    );
+    std::thread::sleep(Duration::from_millis(7_500));
+    let text = scrape(&ats);
+    let failures: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("ats_wasm_callback_failures_total{") && l.contains("tick-loop"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    // Failed ticks at about 0, 1, 3 and 7 s after the first: 4 (5 with timing slack), not ~75.
+    assert!((3.0..=5.0).contains(&failures), "{failures} failed ticks in 7.5 s\n{text}");
+    assert!(ats.diags_log().contains("proxy_on_tick failed 3 times in a row; next tick in 4 s"), "{}", ats.diags_log());
+}
+
+#[test]
 fn repeated_failure_lines_are_a_few_a_minute_then_a_summary_and_the_counters_are_exact() {
     let ats = Ats::builder()
         .net_threads(1)

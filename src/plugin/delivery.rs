@@ -237,9 +237,9 @@ impl Plugin {
     fn tick(&self, g: &Generation, i: usize) -> bool {
         let Some(f) = g.filters.get(i) else { return true };
         let pool = f.tick_pool.as_ref().unwrap_or(&f.pool);
-        if f.tick_pool.is_some() {
-            pool.refill(1);
-        }
+        // Replaces VMs that failed (a failed tick poisons its VM), so an idle thread keeps its
+        // root contexts ticking; failing ticks are spaced by the caller's backoff.
+        pool.refill(if f.tick_pool.is_some() { 1 } else { f.pool_size });
         let failed = self.run_in_local_vms(f, pool, "proxy_on_tick", |vm| {
             if vm.store.data().tick_period().is_some() { guest::on_tick(vm) } else { Ok(()) }
         });
@@ -332,5 +332,21 @@ impl Plugin {
             });
         }
         self.apply_deferred();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failing_ticks_back_off_from_1_s_doubling_to_60_s_never_below_the_period() {
+        let p = Duration::from_millis(100);
+        let delays: Vec<u64> = (0..10).map(|n| tick_delay(p, n).as_millis() as u64).collect();
+        assert_eq!(delays, [100, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000, 60_000]);
+        assert_eq!(tick_delay(p, u32::MAX), MAX_TICK_BACKOFF);
+        // A slow period stays the floor.
+        assert_eq!(tick_delay(Duration::from_secs(5), 2), Duration::from_secs(5));
+        assert_eq!(tick_delay(Duration::from_secs(5), 4), Duration::from_secs(8));
     }
 }
