@@ -205,7 +205,7 @@ impl TimerHandler for Tick {
         if failures > 0 && delay > period {
             log::warning(
                 format!(
-                    "ats_wasm: filter \"{}\": proxy_on_tick failed {failures} times in a row; next tick in {} s",
+                    "ats_wasm: filter \"{}\": {failures} ticks in a row failed; backing off, the next proxy_on_tick in {} s",
                     f.name,
                     delay.as_secs()
                 )
