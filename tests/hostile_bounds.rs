@@ -112,7 +112,7 @@ fn an_initializer_that_always_loops_delays_start_up_by_its_deadline_per_filter()
     for name in ["loop-a", "loop-b"] {
         assert!(
             diags.lines().any(|l| l.contains(&format!("{name}.yaml: module"))
-                && l.contains("failed to start: the initializer ran past its deadline")
+                && l.contains("failed to start: proxy_on_configure (deadline exceeded)")
                 && l.contains("this filter is skipped")),
             "{diags}"
         );
@@ -161,7 +161,7 @@ fn a_replacement_vm_that_loops_in_configure_never_holds_a_request_for_a_second()
     let diags = ats.diags_log();
     assert!(
         diags.lines().any(|l| l.contains("filter \"late-loop\": creating a VM failed:")
-            && l.contains("the initializer ran past its deadline")),
+            && l.contains("proxy_on_configure (deadline exceeded)")),
         "{diags}"
     );
 }

@@ -36,14 +36,14 @@ pub const REJECTED_WRITES: &str = "ats_wasm_rejected_writes_total";
 pub const SHARED_DATA_REFUSED: &str = "ats_wasm_shared_data_refused_total";
 
 /// diags.log lines about refused writes: at most this many per filter and minute.
-const REJECT_LINES_PER_MINUTE: u64 = 5;
+pub(super) const REJECT_LINES_PER_MINUTE: u64 = 5;
 
 /// HTTP calls refused because too many were in flight, by `reason` (`vm`: the VM's
 /// `--max-calls-per-vm`; `transaction`: the transaction's `--max-calls-per-txn`).
 pub const HTTP_CALLS_REFUSED: &str = "ats_wasm_http_calls_refused_total";
 
 /// diags.log lines about refused calls: at most this many per filter and minute.
-const REFUSED_CALL_LINES_PER_MINUTE: u64 = 5;
+pub(super) const REFUSED_CALL_LINES_PER_MINUTE: u64 = 5;
 
 /// diags.log lines about failures: at most this many per filter, reason and minute.
 pub const FAILURE_LINES_PER_MINUTE: u64 = 5;
@@ -163,22 +163,22 @@ pub struct FilterMetrics {
     observer: Observer,
     failures: Option<[Counter; FailureReason::ALL.len()]>,
     outcomes: Option<[Counter; 2]>,
-    rejected: Option<[Counter; 2]>,
-    reject_lines: LineBudget,
-    refused_calls: Option<[Counter; 2]>,
-    refused_call_lines: LineBudget,
-    shared_refused: Option<[Counter; SharedBound::ALL.len()]>,
-    shared_lines: LineBudget,
+    pub(super) rejected: Option<[Counter; 2]>,
+    pub(super) reject_lines: LineBudget,
+    pub(super) refused_calls: Option<[Counter; 2]>,
+    pub(super) refused_call_lines: LineBudget,
+    pub(super) shared_refused: Option<[Counter; SharedBound::ALL.len()]>,
+    pub(super) shared_lines: LineBudget,
     /// One per [`FailureReason`], then one for other failures (no VM, a bad body…).
     failure_lines: [LineBudget; FailureReason::ALL.len() + 1],
     ats: AtsStats,
-    name: String,
+    pub(super) name: String,
 }
 
 /// A per-minute budget of diags.log lines, so a guest cannot flood diags.log; what it
 /// suppressed is counted and said in a summary line ([`LineBudget::summary`], at most every
 /// [`SUMMARY_INTERVAL`]) or in the next line it allows, whichever comes first.
-struct LineBudget {
+pub(super) struct LineBudget {
     start: Instant,
     minute: AtomicU64,
     used: AtomicU64,
@@ -212,7 +212,7 @@ impl LineBudget {
     }
 
     /// `Some(lines suppressed since the last allowed one)` when a line may be written now.
-    fn allow(&self, per_minute: u64) -> Option<u64> {
+    pub(super) fn allow(&self, per_minute: u64) -> Option<u64> {
         let minute = self.start.elapsed().as_secs() / 60;
         if self.minute.swap(minute, Ordering::Relaxed) != minute {
             self.used.store(0, Ordering::Relaxed);
@@ -367,69 +367,6 @@ impl FilterMetrics {
         }
     }
 
-    /// The filter's guest wrote an invalid header `what` (its name, when `invalid_name`, else
-    /// its value) and the write was refused: counted, and one WARNING line — at most
-    /// [`REJECT_LINES_PER_MINUTE`] a minute per filter, the next allowed line saying how many
-    /// were left out.
-    pub fn rejected_write(&self, invalid_name: bool, what: &str) {
-        if let Some(c) = &self.rejected {
-            c[usize::from(!invalid_name)].increment(1);
-        }
-        if let Some(suppressed) = self.reject_lines.allow(REJECT_LINES_PER_MINUTE) {
-            let why = if invalid_name { "a name that is not a token" } else { "a value with CR, LF or NUL" };
-            let more = left_out(suppressed);
-            log::warning(
-                format!("ats_wasm: filter \"{}\": refused to write {what} with {why} (BAD_ARGUMENT){more}", self.name)
-                    .as_bytes(),
-            );
-        }
-    }
-
-    /// The filter's guest made an HTTP call past a bound on calls in flight — its VM's
-    /// (`per_vm`) or its transaction's; `limits` are (per VM, per transaction). Counted, and one
-    /// WARNING line, at most [`REFUSED_CALL_LINES_PER_MINUTE`] a minute per filter.
-    pub fn refused_call(&self, per_vm: bool, limits: (u32, u32)) {
-        if let Some(c) = &self.refused_calls {
-            c[usize::from(!per_vm)].increment(1);
-        }
-        if let Some(suppressed) = self.refused_call_lines.allow(REFUSED_CALL_LINES_PER_MINUTE) {
-            let why = if per_vm {
-                format!("its VM has {} calls in flight (--max-calls-per-vm)", limits.0)
-            } else {
-                format!("its transaction has {} calls in flight (--max-calls-per-txn)", limits.1)
-            };
-            let more = if suppressed > 0 { format!(" ({suppressed} more such lines left out)") } else { String::new() };
-            log::warning(
-                format!("ats_wasm: filter \"{}\": HTTP call refused: {why} (INTERNAL_FAILURE){more}", self.name)
-                    .as_bytes(),
-            );
-        }
-    }
-
-    /// The filter's guest wrote shared data or a queue item past `bound` and nothing was
-    /// stored: counted, and one WARNING line — at most [`REJECT_LINES_PER_MINUTE`] a minute
-    /// per filter, the next allowed line saying how many were left out.
-    pub fn shared_refused(&self, bound: SharedBound) {
-        if let Some(c) = &self.shared_refused {
-            c[bound.index()].increment(1);
-        }
-        if let Some(suppressed) = self.shared_lines.allow(REJECT_LINES_PER_MINUTE) {
-            let why = match bound {
-                SharedBound::ValueSize => "the key and value (or queue item) exceed --max-shared-value (BAD_ARGUMENT",
-                SharedBound::TotalSize => "its vm_id would hold more than --max-shared-data (INTERNAL_FAILURE",
-                SharedBound::QueueItems => "the queue already holds 10000 items (INTERNAL_FAILURE",
-            };
-            let more = if suppressed > 0 { format!("; {suppressed} more such lines left out") } else { String::new() };
-            log::warning(
-                format!(
-                    "ats_wasm: filter \"{}\": refused a shared data or queue write: {why}, nothing stored{more})",
-                    self.name
-                )
-                .as_bytes(),
-            );
-        }
-    }
-
     /// Whether a failure line for `reason` (`None`: a failure that is not the guest's, such as
     /// no VM) may be written now — at most [`FAILURE_LINES_PER_MINUTE`] a minute per filter and
     /// reason — and then what to append to it: how many such lines were left out since the
@@ -487,7 +424,7 @@ fn failure_index(reason: Option<FailureReason>) -> usize {
 }
 
 /// What a line that is allowed again appends: how many like it were left out before it.
-fn left_out(suppressed: u64) -> String {
+pub(super) fn left_out(suppressed: u64) -> String {
     if suppressed > 0 { format!(" ({suppressed} more such lines left out)") } else { String::new() }
 }
 

@@ -27,6 +27,7 @@
 
 mod counters;
 mod endpoint;
+mod refusals;
 mod reloads;
 mod render;
 mod timing;
