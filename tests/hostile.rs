@@ -265,9 +265,10 @@ fn failure_lines_name_the_callback_and_the_limit_once() {
     assert!(lines_with(&ats, "proxy_on_request_headers (trap)").is_empty(), "{}", ats.diags_log());
 }
 
-#[test]
-fn a_looping_tick_is_reported_as_its_deadline() {
-    let ats = Ats::builder()
+/// ATS with one net thread and `oob-trap` whose every tick (each 100 ms) loops to its 20 ms
+/// callback deadline.
+fn tick_loop_ats() -> Ats {
+    Ats::builder()
         .net_threads(1)
         .config_file(
             "tick.yaml",
@@ -278,7 +279,12 @@ fn a_looping_tick_is_reported_as_its_deadline() {
             ),
         )
         .plugin(&["tick.yaml"])
-        .start();
+        .start()
+}
+
+#[test]
+fn a_looping_tick_is_reported_as_its_deadline() {
+    let ats = tick_loop_ats();
     assert!(
         ats.wait_for_diags("filter \"tick-loop\": proxy_on_tick (deadline exceeded) failed", Duration::from_secs(5)),
         "{}",
@@ -291,18 +297,7 @@ fn a_looping_tick_is_reported_as_its_deadline() {
 fn a_tick_that_keeps_failing_backs_off_instead_of_burning_a_core() {
     // Every tick loops to the 20 ms deadline, 10 times a second without a backoff. With it, a
     // thread ticks again after 1 s, 2 s, 4 s … (at most 60 s) while its ticks keep failing.
-    let ats = Ats::builder()
-        .net_threads(1)
-        .config_file(
-            "tick.yaml",
-            filter_yaml("tick-loop", &example_wasm("oob-trap"), "tick_loop").replacen(
-                "config:\n",
-                "config:\n  callback_deadline_ms: 20\n",
-                1,
-            ),
-        )
-        .plugin(&["tick.yaml"])
-        .start();
+    let ats = tick_loop_ats();
     assert!(
         ats.wait_for_diags("proxy_on_tick (deadline exceeded) failed", Duration::from_secs(5)),
         "{}",

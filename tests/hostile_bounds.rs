@@ -27,16 +27,6 @@ fn sum(ats: &Ats, prefix: &str) -> f64 {
         .sum()
 }
 
-/// `traffic_server`'s resident set size in KiB (`VmRSS` of `/proc/<pid>/status`).
-fn vm_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 fn hostile_yaml(name: &str, configuration: &str) -> String {
     filter_yaml(name, &example_wasm("hostile-bounds"), configuration)
 }
@@ -67,11 +57,11 @@ fn shared_data_past_its_bounds_is_refused_stores_nothing_and_the_process_stays_w
     // Warm-up: the guest's 10 MiB buffer and one stored value (10 of the 32 MiB).
     assert_eq!(set("warm", "10"), "0");
     assert_eq!(set("warm", "10"), "0", "replacing a value of the same size needs no room");
-    let before = vm_rss_kib(ats.pid());
+    let before = ats.server_rss_kib().expect("VmRSS");
     // 10 MiB values under new keys: two more fit (30 MiB and the keys' bookkeeping), the
     // rest are refused with INTERNAL_FAILURE (10) and stored nowhere.
     let statuses: Vec<String> = (0..20).map(|i| set(&format!("key-{i}"), "10")).collect();
-    let after = vm_rss_kib(ats.pid());
+    let after = ats.server_rss_kib().expect("VmRSS");
     let mut expected = vec!["0".to_string(); 2];
     expected.resize(20, "10".to_string());
     assert_eq!(statuses, expected);
