@@ -17,3 +17,4 @@ pub mod ts;
 
 // The symbols ATS looks up: `TSPluginInit` runs the plugin's start-up.
 ts_plugin_entry!(plugin::startup::init);
+ts_remap_entry!(plugin::remap::Rules);

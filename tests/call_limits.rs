@@ -163,7 +163,7 @@ fn calls_in_flight_are_bounded_per_transaction_and_per_vm_and_refusals_are_count
     assert_eq!(statuses.len(), 70, "{r:?}");
     assert!(statuses[..64].iter().all(|s| *s == "200"), "{statuses:?}");
     assert!(statuses[64..].iter().all(|s| *s == "InternalFailure"), "{statuses:?}");
-    let key = r#"ats_wasm_http_calls_refused_total{filter="call-probe",reason="transaction"}"#;
+    let key = r#"ats_wasm_http_calls_refused_total{filter="call-probe",reason="transaction",scope="global"}"#;
     assert_eq!(sample(&ats, key), Some(6.0));
     drop(ats);
 
@@ -186,8 +186,8 @@ fn calls_in_flight_are_bounded_per_transaction_and_per_vm_and_refusals_are_count
     // Once those calls ended, the VM may call again.
     let r = ats.request("GET", "/third", &[("x-call-paths", "/u1,/u2,/u3")], b"");
     assert_eq!(r.header("x-call-status"), Some("200,200,200"), "{r:?}");
-    let vm = r#"ats_wasm_http_calls_refused_total{filter="call-probe",reason="vm"}"#;
-    let txn = r#"ats_wasm_http_calls_refused_total{filter="call-probe",reason="transaction"}"#;
+    let vm = r#"ats_wasm_http_calls_refused_total{filter="call-probe",reason="vm",scope="global"}"#;
+    let txn = r#"ats_wasm_http_calls_refused_total{filter="call-probe",reason="transaction",scope="global"}"#;
     assert_eq!((sample(&ats, vm), sample(&ats, txn)), (Some(2.0), Some(2.0)));
     assert!(ats.diags_log().contains("HTTP call refused"), "{}", ats.diags_log());
 }

@@ -108,11 +108,18 @@ fn header_writes_with_line_breaks_or_bad_names_are_refused_and_nothing_is_inject
     // Every request through a filter (the harness' readiness probe too) is one refused write,
     // after which the SDK traps: the two counters agree.
     let count = |filter: &str, reason: &str| {
-        sample(&ats, &format!("ats_wasm_rejected_writes_total{{filter=\"{filter}\",reason=\"{reason}\"}}"))
-            .unwrap_or(0.0)
+        sample(
+            &ats,
+            &format!("ats_wasm_rejected_writes_total{{filter=\"{filter}\",reason=\"{reason}\",scope=\"global\"}}"),
+        )
+        .unwrap_or(0.0)
     };
     let traps = |filter: &str| {
-        sample(&ats, &format!("ats_wasm_callback_failures_total{{filter=\"{filter}\",reason=\"trap\"}}")).unwrap_or(0.0)
+        sample(
+            &ats,
+            &format!("ats_wasm_callback_failures_total{{filter=\"{filter}\",reason=\"trap\",scope=\"global\"}}"),
+        )
+        .unwrap_or(0.0)
     };
     for (filter, reason) in
         [("inject-request", "invalid_value"), ("inject-response", "invalid_value"), ("bad-name", "invalid_name")]
@@ -145,8 +152,9 @@ fn refused_writes_are_reported_a_few_lines_a_minute_and_counted_exactly() {
     assert_eq!(refused, 5, "at most 5 lines a minute:\n{diags}");
     // The harness' readiness probe went through the filter too: compare with the traps, one
     // per refused write.
-    let rejected = sample(&ats, "ats_wasm_rejected_writes_total{filter=\"inject\",reason=\"invalid_value\"}");
-    let traps = sample(&ats, "ats_wasm_callback_failures_total{filter=\"inject\",reason=\"trap\"}");
+    let rejected =
+        sample(&ats, "ats_wasm_rejected_writes_total{filter=\"inject\",reason=\"invalid_value\",scope=\"global\"}");
+    let traps = sample(&ats, "ats_wasm_callback_failures_total{filter=\"inject\",reason=\"trap\",scope=\"global\"}");
     assert!(rejected.is_some_and(|n| n >= 20.0), "{rejected:?}");
     assert_eq!(rejected, traps, "each refused write made the SDK trap once:\n{}", scrape(&ats));
 }
@@ -345,9 +353,10 @@ fn repeated_failure_lines_are_a_few_a_minute_then_a_summary_and_the_counters_are
     assert_eq!(summarized, (REQUESTS - 5) as u64, "{}", ats.diags_log());
     let errors = ats.diags_log().lines().filter(|l| l.contains("ERROR") && l.contains("oob-trap")).count();
     assert!(errors <= 7, "5 lines and a summary or two: {errors}\n{}", ats.diags_log());
-    let traps = sample(&ats, "ats_wasm_callback_failures_total{filter=\"oob-trap\",reason=\"trap\"}");
+    let traps = sample(&ats, "ats_wasm_callback_failures_total{filter=\"oob-trap\",reason=\"trap\",scope=\"global\"}");
     assert_eq!(traps, Some(REQUESTS as f64), "{}", scrape(&ats));
-    let open = sample(&ats, "ats_wasm_failure_outcomes_total{filter=\"oob-trap\",outcome=\"fail_open\"}");
+    let open =
+        sample(&ats, "ats_wasm_failure_outcomes_total{filter=\"oob-trap\",outcome=\"fail_open\",scope=\"global\"}");
     assert_eq!(open, Some(REQUESTS as f64), "{}", scrape(&ats));
     eprintln!("{REQUESTS} traps, {errors} ERROR lines, summary after {:?}", started.elapsed());
 }

@@ -73,7 +73,12 @@ fn shared_data_past_its_bounds_is_refused_stores_nothing_and_the_process_stays_w
     assert_eq!(set("too-big", "17"), "2");
 
     let refused = |reason: &str| {
-        sum(&ats, &format!("ats_wasm_shared_data_refused_total{{filter=\"hostile-bounds\",reason=\"{reason}\"}}"))
+        sum(
+            &ats,
+            &format!(
+                "ats_wasm_shared_data_refused_total{{filter=\"hostile-bounds\",reason=\"{reason}\",scope=\"global\"}}"
+            ),
+        )
     };
     assert_eq!((refused("total_size"), refused("value_size"), refused("queue_items")), (18.0, 1.0, 0.0));
     let diags = ats.diags_log();

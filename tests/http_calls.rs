@@ -419,14 +419,14 @@ fn pause_timeout_ats(arg_ms: u64, fail_open: bool, yaml_extra: &str) -> Ats {
     b.config_file("probe.yaml", y).plugin(&[&format!("--pause-timeout-ms={arg_ms}"), "probe.yaml"]).start()
 }
 
-/// `ats_wasm_callback_failures_total{filter="call-probe",reason="pause_timeout"}`.
+/// `ats_wasm_callback_failures_total{filter="call-probe",reason="pause_timeout",scope="global"}`.
 fn pause_timeouts(ats: &Ats) -> u64 {
     let port = ats.metrics_port().expect("metrics endpoint");
     let r = Client::connect(port).unwrap().get("/metrics", &[("Connection", "close")]).expect("scrape");
     let body = r.body_str();
-    let line = body
-        .lines()
-        .find(|l| l.starts_with(r#"ats_wasm_callback_failures_total{filter="call-probe",reason="pause_timeout"}"#));
+    let line = body.lines().find(|l| {
+        l.starts_with(r#"ats_wasm_callback_failures_total{filter="call-probe",reason="pause_timeout",scope="global"}"#)
+    });
     line.and_then(|l| l.rsplit_once(' ')).map_or(0, |(_, v)| v.parse::<f64>().unwrap() as u64)
 }
 

@@ -164,7 +164,7 @@ fn reloads_under_load_swap_the_configuration_without_a_failed_or_mixed_transacti
     assert_eq!(m.get("ats_wasm_generation"), Some(&11.0));
     // The filter's counters went on across the reloads.
     let requests = m
-        .get("ats_wasm_hook_duration_seconds_count{filter=\"stamp\",hook=\"request_headers\"}")
+        .get("ats_wasm_hook_duration_seconds_count{filter=\"stamp\",hook=\"request_headers\",scope=\"global\"}")
         .copied()
         .unwrap_or(0.0);
     assert!(requests as usize >= done, "request callbacks counted {requests}, responses {done}");

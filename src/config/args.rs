@@ -91,8 +91,43 @@ pub const USAGE: &str = "usage: libats_wasm.so [--pool-size=N] [--isolation=shar
 
 /// Parses the plugin's arguments (`args[0]` is the plugin path ATS passes first).
 pub fn parse_args(args: &[String], config_dir: &Path) -> Result<PluginArgs, String> {
-    let mut out = PluginArgs::default();
-    for arg in args.iter().skip(1) {
+    parse_onto(PluginArgs::default(), args.get(1..).unwrap_or_default(), config_dir)
+}
+
+/// Options that hold for the whole process (the engine, the metrics endpoint, shared data,
+/// call bounds): accepted only on the `plugin.config` line.
+pub const PROCESS_WIDE: [&str; 9] = [
+    "metrics-listen",
+    "max-vms",
+    "module-cache",
+    "max-memory",
+    "max-shared-data",
+    "max-shared-value",
+    "call-depth",
+    "max-calls-per-vm",
+    "max-calls-per-txn",
+];
+
+/// Parses a remap rule's `@pparam`s: the same options and filter files as the `plugin.config`
+/// line, starting from `base` (the values of that line, or the defaults), except the
+/// [`PROCESS_WIDE`] ones, which are an error here.
+pub fn parse_rule_args(params: &[String], config_dir: &Path, base: &PluginArgs) -> Result<PluginArgs, String> {
+    for p in params {
+        if let Some(opt) = p.strip_prefix("--") {
+            let name = opt.split_once('=').map_or(opt, |(n, _)| n);
+            if PROCESS_WIDE.contains(&name) {
+                return Err(format!(
+                    "--{name} holds for the whole process: set it on the plugin.config line, not in a remap rule"
+                ));
+            }
+        }
+    }
+    parse_onto(PluginArgs { yaml_files: Vec::new(), ..base.clone() }, params, config_dir)
+}
+
+/// Applies `args` (options and filter files, without the plugin path) to `out`.
+fn parse_onto(mut out: PluginArgs, args: &[String], config_dir: &Path) -> Result<PluginArgs, String> {
+    for arg in args {
         if let Some(opt) = arg.strip_prefix("--") {
             let (name, value) = opt.split_once('=').unwrap_or((opt, ""));
             let flag = format!("--{name}");

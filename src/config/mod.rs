@@ -4,7 +4,7 @@
 //! and relative `code.local.filename`s resolve against the ATS configuration directory. Every
 //! error is one line naming the file (or argument) and the problem; nothing here touches ATS.
 //!
-//! - `args.rs`: the plugin's arguments ([`parse_args`], [`PluginArgs`]);
+//! - `args.rs`: the plugin's arguments ([`parse_args`], [`PluginArgs`]) and a remap rule's ([`parse_rule_args`]);
 //! - `filter.rs`: one filter's YAML file ([`load_filter`], [`FilterConfig`]), checked key by key;
 //! - `schema.rs`: the file's keys as serde structs, each key once with its aliases;
 //! - `yaml.rs`: reading them with serde-saphyr into nodes that record what was written (type,
@@ -28,7 +28,7 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
-pub use args::{PluginArgs, USAGE, parse_args};
+pub use args::{PROCESS_WIDE, PluginArgs, USAGE, parse_args, parse_rule_args};
 pub use filter::{Bodies, FilterConfig, load_filter, parse_filter};
 pub use limits::{
     DEFAULT_INIT_DEADLINE_MS, DEFAULT_MAX_BODY_BYTES, DEFAULT_METRICS_LISTEN, DEFAULT_METRICS_PORT,

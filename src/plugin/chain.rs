@@ -10,7 +10,7 @@ use ats_wasm_pool::PoolError;
 use super::backend::{self, PendingLocalResponse};
 use super::delivery;
 use super::filter::Filter;
-use super::generation;
+use super::generation::{self, Chain};
 use super::live;
 use super::stream::{Phase, StreamControl, TxnStream};
 use super::{FilterCtx, Plugin, TxnState};
@@ -75,6 +75,9 @@ impl Plugin {
         // An empty type: ATS leaves the `Content-Type` header as the response callbacks left it.
         txn.set_local_response(local.status, &local.body, "");
         state.local_response_body = Some((content_type, local.body.len()));
+        if state.remapped {
+            state.local_response_status = Some(local.status);
+        }
     }
 
     pub(super) fn request_headers(&self, txn: Txn) -> Resume {
@@ -84,21 +87,66 @@ impl Plugin {
         }
         if !super::loops::arrival(txn) {
             // One of our HTTP calls that came back, as deep as `--call-depth` allows.
+            if super::remap::rules_exist() {
+                self.exempt(txn);
+            }
             return Resume::Continue;
         }
         let Some(generation) = delivery::pin() else {
             return Resume::Continue;
         };
-        let mut state = TxnState::new(generation);
+        let mut state = TxnState::new(Chain::global(generation));
         let resume = self.run_request_filters(txn, &mut state, 0);
         self.finish_request_phase(txn, state, resume)
+    }
+
+    /// Marks `txn` as one no filter runs on, so a remap rule's filters leave it alone too.
+    fn exempt(&self, txn: Txn) {
+        let Some(generation) = delivery::pin() else { return };
+        let mut state = TxnState::new(Chain::global(generation));
+        state.exempt = true;
+        state.hooks_added = true;
+        self.cont.add_to_txn(txn, HttpHook::TxnClose);
+        self.slot.put(txn, state);
+    }
+
+    /// `POST_REMAP` of a transaction a remap rule with filters matched (or whose body
+    /// transforms waited for remap): the rule's filters' `proxy_on_request_headers`, in
+    /// `@pparam` order, on the request as remap left it; then the request phase is complete.
+    pub(super) fn rule_request_headers(&self, txn: Txn) -> Resume {
+        let Some(mut state) = self.slot.take(txn) else { return Resume::Continue };
+        if state.local_response_headers.is_some() || txn.answer_status() != 0 {
+            // A global filter answered at `READ_REQUEST_HDR` (ATS answers it after remap).
+            self.slot.put(txn, state);
+            return Resume::Continue;
+        }
+        state.remapped = true;
+        let resume = if state.chain.rule.is_some() && !state.exempt {
+            let from = state.chain.global.filters.len();
+            self.run_request_filters(txn, &mut state, from)
+        } else {
+            Resume::Continue
+        };
+        self.finish_request_phase(txn, state, resume)
+    }
+
+    /// Whether a filter with a context in the transaction gets bodies.
+    pub(super) fn contexts_want_bodies(&self, state: &TxnState) -> bool {
+        state.contexts.iter().any(|c| state.chain.filter(c.filter).bodies != crate::config::Bodies::None)
     }
 
     /// Stores the transaction's state and adds its later hooks (once), unless no filter has a
     /// context in it.
     pub(super) fn finish_request_phase(&self, txn: Txn, mut state: TxnState, resume: Resume) -> Resume {
+        // After remap ATS no longer looks at the status a plugin set: a local response from a
+        // rule's filter (or its fail-closed 503) goes through ATS's error path.
+        let resume = if state.remapped && resume == Resume::Continue && txn.answer_status() != 0 {
+            Resume::Error
+        } else {
+            resume
+        };
         if state.contexts.is_empty() && state.paused.is_none() {
-            self.refill(&state.generation.filters);
+            self.refill_chain(&state.chain);
             return resume;
         }
         if !state.hooks_added {
@@ -106,10 +154,17 @@ impl Plugin {
             self.cont.add_to_txn(txn, HttpHook::SendResponseHdr);
             self.cont.add_to_txn(txn, HttpHook::TxnClose);
         }
-        if resume == Resume::Continue {
+        // With remap rules, body transforms are chosen once the rule's filters are known.
+        let wait =
+            !state.remapped && (state.post_remap || (super::remap::rules_exist() && self.contexts_want_bodies(&state)));
+        if wait && !state.post_remap {
+            state.post_remap = true;
+            self.cont.add_to_txn(txn, HttpHook::PostRemap);
+        }
+        if resume == Resume::Continue && !wait {
             self.install_body_transforms(txn, &mut state);
         }
-        if state.contexts.iter().any(|c| state.generation.filters[c.filter].owns_vms()) {
+        if state.contexts.iter().any(|c| state.chain.filter(c.filter).owns_vms()) {
             delivery::own_vms_opened(txn);
         }
         self.slot.put(txn, state);
@@ -124,8 +179,8 @@ impl Plugin {
             None => (0, true),
         };
         let stream = TxnStream { txn, phase: Phase::Request };
-        let generation = state.generation.clone();
-        for (i, f) in generation.filters.iter().enumerate().skip(from) {
+        let chain = state.chain.clone();
+        for (i, f) in chain.iter().skip(from) {
             let mut lease = match f.pool.lease() {
                 Ok(l) => {
                     f.metrics.request();
@@ -209,6 +264,9 @@ impl Plugin {
                 if let Some(extra) = state.local_response_headers.take()
                     && let Some(h) = txn.client_response()
                 {
+                    if let Some(status) = state.local_response_status.take() {
+                        h.set_status(status);
+                    }
                     apply_local_response_headers(txn, &h, &extra, state.local_response_body.take());
                 }
                 let n = state.contexts.len();
@@ -233,12 +291,12 @@ impl Plugin {
         };
         let phase = if state.bodies.has_response_transform() { Phase::ResponseTransformed } else { Phase::Response };
         let stream = TxnStream { txn, phase };
-        let generation = state.generation.clone();
+        let chain = state.chain.clone();
         let mut i = from.min(state.contexts.len());
         while i > 0 {
             i -= 1;
             let fc = &mut state.contexts[i];
-            let f = &generation.filters[fc.filter];
+            let f = chain.filter(fc.filter);
             let ctx = fc.ctx;
             let r = f.pool.with_leased(&mut fc.lease, |vm| {
                 guest::attach_stream(vm, ctx, stream);
@@ -293,9 +351,9 @@ impl Plugin {
             return;
         };
         let stream = TxnStream { txn, phase: Phase::Close };
-        let generation = state.generation;
+        let chain = state.chain;
         for mut fc in state.contexts {
-            let f = &generation.filters[fc.filter];
+            let f = chain.filter(fc.filter);
             let ctx = fc.ctx;
             let r = f.pool.with_leased(&mut fc.lease, |vm| {
                 let st = vm.store.data_mut();
@@ -340,8 +398,20 @@ impl Plugin {
         if let Some(current) = generation::adopted() {
             self.refill(&current.filters);
         }
-        // Last: when this was the last holder of a retired generation, it retires here.
-        drop(generation);
+        if let Some(rule) = &chain.rule {
+            self.refill(&rule.filters);
+        }
+        // Last: when this was the last holder of a retired generation (or of a deleted remap
+        // rule's filters), it retires here.
+        drop(chain);
+    }
+
+    /// [`Plugin::refill`] for every filter of `chain`.
+    pub(super) fn refill_chain(&self, chain: &Chain) {
+        self.refill(&chain.global.filters);
+        if let Some(rule) = &chain.rule {
+            self.refill(&rule.filters);
+        }
     }
 
     /// Tops this thread's pools back up to their size (fresh VMs for `transaction` isolation,

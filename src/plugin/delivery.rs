@@ -303,11 +303,11 @@ impl Plugin {
         let txns: Vec<Txn> = OWN_VM_TXNS.with(|t| t.borrow().iter().filter_map(|id| id.txn()).collect());
         for txn in txns {
             self.slot.with(txn, |state| {
-                let generation = state.generation.clone();
+                let chain = state.chain.clone();
                 let mut i = 0;
                 while i < state.contexts.len() {
                     let fc = &mut state.contexts[i];
-                    let f = &generation.filters[fc.filter];
+                    let f = chain.filter(fc.filter);
                     if !f.owns_vms() {
                         // A shared VM: reached through its pool above.
                         i += 1;

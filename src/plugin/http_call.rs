@@ -313,10 +313,10 @@ impl Plugin {
         // somewhere ATS is running it, so the guest only reads (as from `proxy_on_log`).
         let phase = state.paused.as_ref().map_or(Phase::Close, |p| p.phase);
         let stream = TxnStream { txn, phase };
-        let generation = state.generation.clone();
+        let chain = state.chain.clone();
         let mut found = None;
         for (i, fc) in state.contexts.iter_mut().enumerate() {
-            let f = &generation.filters[fc.filter];
+            let f = chain.filter(fc.filter);
             if f.pool.with_leased(&mut fc.lease, |vm| vm.store.data().vm_uid()).ok() == Some(pending.vm) {
                 found = Some(i);
                 break;
@@ -328,7 +328,7 @@ impl Plugin {
             return;
         };
         let fc = &mut state.contexts[i];
-        let f = &generation.filters[fc.filter];
+        let f = chain.filter(fc.filter);
         let ctx = fc.ctx;
         let r = f.pool.with_leased(&mut fc.lease, |vm| {
             guest::attach_stream(vm, ctx, stream);

@@ -45,6 +45,7 @@ mod loops;
 mod pause;
 pub mod properties;
 mod reload;
+pub mod remap;
 pub mod startup;
 pub mod stream;
 pub mod telemetry;
@@ -58,7 +59,7 @@ use crate::ts::hooks::{HttpHook, TxnCont, TxnHandler, TxnTimer};
 use crate::ts::txn::{Resume, Txn, TxnSlot};
 use backend::AtsBackend;
 use body::state::TxnBodies;
-use generation::Pinned;
+use generation::Chain;
 use stream::Phase;
 
 /// Everything the hooks need, set once by [`startup::init`]. The filters are not here: they
@@ -83,13 +84,25 @@ struct FilterCtx {
 /// of a local response a filter sent from the request phase, and where the transaction is
 /// parked.
 struct TxnState {
-    /// The generation pinned at `READ_REQUEST_HDR`; every `filter` index below is into its
-    /// filters, and it stays alive (with its VMs) while the transaction does.
-    generation: Pinned,
+    /// The global generation pinned at `READ_REQUEST_HDR` and the matched remap rule's filters;
+    /// every `filter` index below is into this chain, and it stays alive (with its VMs) while
+    /// the transaction does.
+    chain: Chain,
+    /// `POST_REMAP` was added: the rule's request callbacks and the body transforms wait for it.
+    post_remap: bool,
+    /// `POST_REMAP` was reached: the request phase is complete once its filters ran.
+    remapped: bool,
+    /// No filter runs on this transaction (an HTTP call of ours that came back): remap rules
+    /// leave it alone too.
+    exempt: bool,
     contexts: Vec<FilterCtx>,
     local_response_headers: Option<Vec<(Vec<u8>, Vec<u8>)>>,
     /// That local response's `Content-Type` (empty for none) and body length.
     local_response_body: Option<(Vec<u8>, usize)>,
+    /// That local response's status, when ATS is told to answer through its error path
+    /// (a remap rule's filter answered at `POST_REMAP`, where ATS makes a status below 400 a
+    /// 500): `SEND_RESPONSE_HDR` puts it back.
+    local_response_status: Option<u16>,
     /// A fail-closed filter failed in the response phase: ATS answers 503, and no filter runs
     /// on that answer.
     response_failed: bool,
@@ -99,12 +112,16 @@ struct TxnState {
 }
 
 impl TxnState {
-    fn new(generation: Pinned) -> Self {
+    fn new(chain: Chain) -> Self {
         TxnState {
-            contexts: Vec::with_capacity(generation.filters.len()),
-            generation,
+            contexts: Vec::with_capacity(chain.len()),
+            chain,
+            post_remap: false,
+            remapped: false,
+            exempt: false,
             local_response_headers: None,
             local_response_body: None,
+            local_response_status: None,
             response_failed: false,
             paused: None,
             hooks_added: false,
@@ -143,6 +160,7 @@ impl TxnHandler for Hooks {
         };
         match hook {
             HttpHook::ReadRequestHdr => p.request_headers(txn),
+            HttpHook::PostRemap => p.rule_request_headers(txn),
             HttpHook::SendRequestHdr => {
                 if txn.is_internal() {
                     // Our HTTP calls' transactions.

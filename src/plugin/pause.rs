@@ -114,8 +114,8 @@ impl Plugin {
             return;
         };
         let what = if paused.phase == Phase::Request { "the paused request" } else { "the paused response" };
-        let generation = state.generation.clone();
-        let Some(f) = paused.filter(&state.contexts).and_then(|i| generation.filters.get(i)) else {
+        let chain = state.chain.clone();
+        let Some(f) = paused.filter(&state.contexts).and_then(|i| chain.get(i)) else {
             self.slot.put(txn, state);
             self.resume_txn(txn, StreamControl::Continue);
             return;

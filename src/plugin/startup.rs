@@ -12,7 +12,7 @@ use ats_wasm_pool::{EngineOptions, ModuleCompiler, WasmEngine};
 
 use super::diags::one_line;
 use super::filter::Filter;
-use super::generation::{self, Generation};
+use super::generation::{self, GLOBAL_SCOPE, Generation};
 use super::reload;
 use super::telemetry::{self, Exporter, FilterMetrics};
 use super::{Hooks, PLUGIN, Plugin};
@@ -37,6 +37,10 @@ pub fn init(args: &[String]) {
         log::error(b"ats_wasm: plugin registration failed; the plugin is disabled");
         return;
     }
+    // Remap rules naming this library then use this very copy (one engine, one endpoint).
+    if !crate::ts::plugin::keep_one_dso_for_remap() {
+        log::warning(b"ats_wasm: ATS refused TSPluginDSOReloadEnable(0): remap rules may load a copy of the plugin");
+    }
     let config_dir = crate::ts::plugin::config_dir();
     let parsed = match config::parse_args(args, &config_dir) {
         Ok(a) => a,
@@ -45,9 +49,24 @@ pub fn init(args: &[String]) {
             return;
         }
     };
-    let raw_args = args.to_vec();
-    let args = parsed;
-    let Ok(configs) = read_configs(&args.yaml_files, &config_dir, false) else { return };
+    let Ok(configs) = read_configs(&parsed.yaml_files, &config_dir, false) else { return };
+    boot(parsed, args.to_vec(), config_dir, Some(configs));
+}
+
+/// Start-up when the plugin is loaded only by remap rules (`TSRemapInit`, no `plugin.config`
+/// line): the process-wide options take their defaults, there are no global filters (an empty
+/// generation 1), and the global hook still runs so HTTP calls and loop marks work.
+pub fn init_for_remap() {
+    let config_dir = crate::ts::plugin::config_dir();
+    log::note(b"ats_wasm: loaded by remap rules only: process-wide options take their defaults");
+    boot(PluginArgs::default(), Vec::new(), config_dir, None);
+}
+
+/// The common start-up: `configs` are the global filter files (`None` when loaded by remap
+/// rules only).
+fn boot(args: PluginArgs, raw_args: Vec<String>, config_dir: PathBuf, configs: Option<Vec<(PathBuf, FilterConfig)>>) {
+    let global = configs.is_some();
+    let configs = configs.unwrap_or_default();
 
     // Shared data is process-wide (namespaced by vm_id): its bounds are the plugin's.
     let (max_bytes, max_value_bytes) = (args.max_shared_data_bytes, args.max_shared_value_bytes);
@@ -89,8 +108,8 @@ pub fn init(args: &[String]) {
         metrics: Mutex::new(HashMap::new()),
         engine,
     };
-    let Ok(filters) = loader.load_filters(configs, false) else { return };
-    if filters.is_empty() {
+    let Ok(filters) = loader.load_filters(GLOBAL_SCOPE, configs, &loader.args, false) else { return };
+    if global && filters.is_empty() {
         log::error(b"ats_wasm: no filter could be loaded; the plugin installs no hooks");
         return;
     }
@@ -106,14 +125,20 @@ pub fn init(args: &[String]) {
     }
     generation::publish(Generation::new(1, filters));
     cont.add_global(HttpHook::ReadRequestHdr);
-    reload::register();
+    if global {
+        reload::register();
+    }
     telemetry::start(endpoint, filter_snapshots);
 }
 
 /// Reads every filter file of `files` (the ones named in `plugin.config`), in order. At start-up (`strict` false) a
 /// bad file is one ERROR line and is skipped; for a reload (`strict`) the first bad file is
 /// the error. Unknown keys and ignored documents are WARNING lines either way.
-fn read_configs(files: &[PathBuf], config_dir: &Path, strict: bool) -> Result<Vec<(PathBuf, FilterConfig)>, String> {
+pub(super) fn read_configs(
+    files: &[PathBuf],
+    config_dir: &Path,
+    strict: bool,
+) -> Result<Vec<(PathBuf, FilterConfig)>, String> {
     let mut configs = Vec::new();
     for path in files {
         let cfg = match config::load_filter(path, config_dir, &|k| std::env::var(k).ok()) {
@@ -136,32 +161,36 @@ fn read_configs(files: &[PathBuf], config_dir: &Path, strict: bool) -> Result<Ve
 /// the compiler (and its module cache), the exporter, and every filter name's counters (so a
 /// reloaded filter's counters go on instead of starting again).
 pub(super) struct Loader {
-    args: PluginArgs,
+    pub(super) args: PluginArgs,
     /// The plugin's arguments as ATS gave them, its own path first.
     raw_args: Vec<String>,
-    config_dir: PathBuf,
+    pub(super) config_dir: PathBuf,
     /// The per-VM memory cap (`--max-memory`).
     pub(super) max_memory_bytes: usize,
     compiler: ModuleCompiler,
     exporter: Option<Exporter>,
-    metrics: Mutex<HashMap<String, Arc<FilterMetrics>>>,
+    /// By scope and filter name.
+    metrics: Mutex<HashMap<(String, String), Arc<FilterMetrics>>>,
     /// Last: its ticker drives every VM's deadline.
     engine: WasmEngine,
 }
 
 impl Loader {
-    /// Builds the filters of `configs`, in order. At start-up (`strict` false) a filter that
-    /// fails is one ERROR line and is skipped; for a reload (`strict`) the first failure is the
+    /// Builds the filters of `configs` in `scope` (`global` or a remap rule's), in order, with
+    /// `args` as their defaults. At start-up (`strict` false) a filter that fails is one ERROR
+    /// line and is skipped; for a reload or a remap rule (`strict`) the first failure is the
     /// error, naming the file.
     pub(super) fn load_filters(
         &self,
+        scope: &str,
         configs: Vec<(PathBuf, FilterConfig)>,
+        args: &PluginArgs,
         strict: bool,
     ) -> Result<Vec<Filter>, String> {
         let mut filters = Vec::new();
         for (path, cfg) in configs {
-            let metrics = self.metrics_for(&cfg.name);
-            match Filter::load(&self.engine, &self.compiler, cfg, &self.args, metrics) {
+            let metrics = self.metrics_for(scope, &cfg.name);
+            match Filter::load(&self.engine, &self.compiler, cfg, args, metrics) {
                 Ok(f) => {
                     log::note(format!("ats_wasm: filter \"{}\" loaded from {}", f.name, path.display()).as_bytes());
                     filters.push(f);
@@ -177,7 +206,7 @@ impl Loader {
     /// nothing (the error names the first file that failed).
     pub(super) fn rebuild(&self) -> Result<Vec<Filter>, String> {
         let configs = read_configs(&self.filter_files()?, &self.config_dir, true)?;
-        self.load_filters(configs, true)
+        self.load_filters(GLOBAL_SCOPE, configs, &self.args, true)
     }
 
     /// The filter files named on the plugin's line of `plugin.config` as the file is now (so a
@@ -218,16 +247,25 @@ impl Loader {
         Ok(now.yaml_files)
     }
 
-    /// The counters of the filter named `name`: made on first use, the same ever after.
-    fn metrics_for(&self, name: &str) -> Arc<FilterMetrics> {
+    /// The counters of the filter named `name` in `scope`: made on first use, the same ever
+    /// after (across reloads, and across remap.config reloads for one rule).
+    fn metrics_for(&self, scope: &str, name: &str) -> Arc<FilterMetrics> {
         let mut all = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
-        all.entry(name.to_string()).or_insert_with(|| FilterMetrics::new(name, self.exporter.as_ref())).clone()
+        all.entry((scope.to_string(), name.to_string()))
+            .or_insert_with(|| FilterMetrics::new(name, scope, self.exporter.as_ref()))
+            .clone()
     }
 
-    /// Forgets compiled modules no filter of `g` uses (modules of retiring generations stay
-    /// alive in their templates until those retire).
+    /// Forgets compiled modules that neither `g` nor a live remap rule uses (modules of
+    /// retiring generations stay alive in their templates until those retire).
     pub(super) fn keep_modules_of(&self, g: &Generation) {
-        let hashes: Vec<&str> = g.filters.iter().map(|f| f.module_hash.as_str()).collect();
+        let rules = super::remap::live_rules();
+        let hashes: Vec<&str> = g
+            .filters
+            .iter()
+            .chain(rules.iter().flat_map(|r| r.filters.iter()))
+            .map(|f| f.module_hash.as_str())
+            .collect();
         self.compiler.retain(|h| hashes.contains(&h));
     }
 }
@@ -235,10 +273,18 @@ impl Loader {
 /// The current generation's filters: names, pool counters and metrics (for the metrics
 /// threads).
 fn filter_snapshots() -> Vec<telemetry::FilterSnapshot> {
-    let Some(g) = generation::current() else { return Vec::new() };
-    g.filters
+    let rules = super::remap::live_rules();
+    let global = generation::current();
+    global
         .iter()
-        .map(|f| telemetry::FilterSnapshot { name: f.name.clone(), pool: f.pool.stats(), metrics: f.metrics.clone() })
+        .chain(rules.iter())
+        .flat_map(|g| g.filters.iter().map(|f| (g.scope.clone(), f)))
+        .map(|(scope, f)| telemetry::FilterSnapshot {
+            name: f.name.clone(),
+            scope,
+            pool: f.pool.stats(),
+            metrics: f.metrics.clone(),
+        })
         .collect()
 }
 

@@ -16,6 +16,9 @@ use super::txn::{Resume, Txn};
 pub enum HttpHook {
     /// The client's request headers have been read (before remap).
     ReadRequestHdr,
+    /// Remap is done: the request carries the rule's `to` URL (added per transaction by a
+    /// remap rule's instance).
+    PostRemap,
     /// The request headers are about to be sent to the origin.
     SendRequestHdr,
     /// The response headers are about to be sent to the client (origin or cache).
@@ -28,6 +31,7 @@ impl HttpHook {
     fn id(self) -> sys::TSHttpHookID {
         match self {
             HttpHook::ReadRequestHdr => sys::TS_HTTP_READ_REQUEST_HDR_HOOK,
+            HttpHook::PostRemap => sys::TS_HTTP_POST_REMAP_HOOK,
             HttpHook::SendRequestHdr => sys::TS_HTTP_SEND_REQUEST_HDR_HOOK,
             HttpHook::SendResponseHdr => sys::TS_HTTP_SEND_RESPONSE_HDR_HOOK,
             HttpHook::TxnClose => sys::TS_HTTP_TXN_CLOSE_HOOK,
@@ -37,6 +41,7 @@ impl HttpHook {
     fn from_event(ev: sys::TSEvent) -> Option<Self> {
         Some(match ev {
             sys::TS_EVENT_HTTP_READ_REQUEST_HDR => HttpHook::ReadRequestHdr,
+            sys::TS_EVENT_HTTP_POST_REMAP => HttpHook::PostRemap,
             sys::TS_EVENT_HTTP_SEND_REQUEST_HDR => HttpHook::SendRequestHdr,
             sys::TS_EVENT_HTTP_SEND_RESPONSE_HDR => HttpHook::SendResponseHdr,
             sys::TS_EVENT_HTTP_TXN_CLOSE => HttpHook::TxnClose,

@@ -10,6 +10,7 @@ pub mod hooks;
 pub mod log;
 pub mod net;
 pub mod plugin;
+pub mod remap;
 pub mod stats;
 pub mod sys;
 pub mod transform;

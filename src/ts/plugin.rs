@@ -16,6 +16,15 @@ pub fn register(name: &CStr, vendor: &CStr, email: &CStr) -> bool {
     unsafe { sys::TSPluginRegister(&info) == sys::TS_SUCCESS }
 }
 
+/// Asks ATS not to copy this `.so` for each remap.config reload (`TSPluginDSOReloadEnable(0)`,
+/// only valid inside `TSPluginInit`): remap rules then load the very library `plugin.config`
+/// loaded, so global and per-rule filters share one engine, one set of statics and one
+/// metrics endpoint. Returns false if ATS refused.
+pub fn keep_one_dso_for_remap() -> bool {
+    // SAFETY: a plain call; ATS checks it is made from TSPluginInit.
+    unsafe { sys::TSPluginDSOReloadEnable(0) == sys::TS_SUCCESS }
+}
+
 /// The ATS configuration directory (where `plugin.config` lives).
 pub fn config_dir() -> PathBuf {
     // SAFETY: ATS returns a static NUL-terminated string (or null).

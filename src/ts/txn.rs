@@ -109,6 +109,13 @@ impl Txn {
         }
     }
 
+    /// The status a plugin set for ATS to answer with (`TSHttpTxnStatusSet`, e.g. by
+    /// [`Txn::set_local_response`]); 0 for none.
+    pub fn answer_status(self) -> u16 {
+        // SAFETY: live transaction; a plain read.
+        unsafe { sys::TSHttpTxnStatusGet(self.0) as u16 }
+    }
+
     /// Drops the body of the local response set with [`Txn::set_local_response`]
     /// (`TSHttpTxnErrorBodySet` with no buffer), at `SEND_RESPONSE_HDR`: ATS then sends it with
     /// `Content-Length: 0` and no body. (An empty buffer instead makes ATS 9.2 send its own

@@ -119,6 +119,18 @@ pub fn filter_yaml(name: &str, wasm: &Path, configuration: &str) -> String {
     )
 }
 
+/// [`filter_yaml`] with an `upstreams:` map (ats-wasm's key naming where HTTP calls go).
+pub fn filter_yaml_upstreams(name: &str, wasm: &Path, configuration: &str, upstreams: &[(&str, String)]) -> String {
+    let mut ups = String::from("  upstreams:\n");
+    for (k, v) in upstreams {
+        ups.push_str(&format!("    {k}: \"{v}\"\n"));
+    }
+    format!(
+        "config:\n  name: \"{name}\"\n  root_id: \"{name}\"\n  configuration: '{configuration}'\n{ups}  vm_config:\n    code:\n      local:\n        filename: {}\n",
+        wasm.display()
+    )
+}
+
 /// A loopback port that was free a moment ago (bind 127.0.0.1:0, read the port, close).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("binding 127.0.0.1:0")
@@ -998,7 +1010,7 @@ fn read_lossy(p: &Path) -> String {
 ///
 /// In plugin lines, record lines, remap lines and config file contents, these placeholders are
 /// replaced at start: `{origin}` → `127.0.0.1:<origin port>`, `{origin_port}`, `{ats_port}`,
-/// `{config_dir}`.
+/// `{config_dir}`, `{plugin_so}` (the plugin's absolute path, for `@plugin=` in remap lines).
 pub struct AtsBuilder {
     net_threads: usize,
     plugin_lines: Vec<String>,
@@ -1131,6 +1143,7 @@ impl AtsBuilder {
             .replace("{origin_port}", &self.origin.port().to_string())
             .replace("{ats_port}", &port.to_string())
             .replace("{config_dir}", &rr.etc.display().to_string())
+            .replace("{plugin_so}", &plugin_so().display().to_string())
     }
 
     fn launch(&self) -> Result<Launched, LaunchError> {
@@ -1436,6 +1449,18 @@ impl Ats {
             port.is_some()
         });
         port
+    }
+
+    /// One scrape of the plugin's Prometheus endpoint (panics without one).
+    pub fn scrape_metrics(&self) -> String {
+        let port =
+            self.metrics_port().unwrap_or_else(|| panic!("no endpoint note in diags.log:\n{}", self.diags_log()));
+        let mut c = Client::connect(port).unwrap_or_else(|e| panic!("connecting to the metrics endpoint: {e}"));
+        let r = c
+            .get("/metrics", &[("Connection", "close")])
+            .unwrap_or_else(|e| panic!("scraping the metrics endpoint: {e}"));
+        assert_eq!(r.status, 200, "{r:?}");
+        r.body_str().into_owned()
     }
 
     /// traffic_server's stdout+stderr (TSDebug output with the enabled tags goes here).

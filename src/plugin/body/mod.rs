@@ -33,11 +33,9 @@
 mod dechunk;
 pub(super) mod state;
 
-use std::sync::Arc;
-
 use super::backend::PendingLocalResponse;
 use super::chain::no_body;
-use super::generation::Generation;
+use super::generation::SharedChain;
 use super::pause;
 use super::stream::{Phase, TxnStream};
 use super::{FilterCtx, PLUGIN, Plugin, TxnState};
@@ -63,7 +61,7 @@ pub(crate) struct Flow {
     txn: Txn,
     /// The transaction's generation (`stages` index its filters); an `Arc`, since ATS may
     /// destroy a transform where the transaction's thread-local handle must not go.
-    generation: Arc<Generation>,
+    generation: SharedChain,
     direction: Direction,
     stages: Vec<Stage>,
     output: Option<Output>,
@@ -119,13 +117,12 @@ impl Plugin {
             return;
         }
         state.bodies.installed = true;
-        let generation = state.generation.clone();
-        let filters = &generation.filters;
-        if filters.iter().all(|f| f.bodies == Bodies::None) {
+        if state.chain.iter().all(|(_, f)| f.bodies == Bodies::None) {
             return;
         }
+        let generation = state.chain.shared();
         let wants = |ctx: &&FilterCtx, request: bool| {
-            let b = filters[ctx.filter].bodies;
+            let b = generation.filter(ctx.filter).bodies;
             if request { b.request() } else { b.response() }
         };
         let request: Vec<usize> = state.contexts.iter().filter(|c| wants(c, true)).map(|c| c.filter).collect();
@@ -135,10 +132,10 @@ impl Plugin {
             && let Some(h) = txn.client_request()
             && !no_body(&h)
         {
-            let limit = request.iter().map(|&f| filters[f].max_body_bytes).max().unwrap_or(0);
+            let limit = request.iter().map(|&f| generation.filter(f).max_body_bytes).max().unwrap_or(0);
             match content_length(&h) {
                 Some(n) if n > limit as u64 => {
-                    let closed = request.iter().map(|&f| &filters[f]).find(|f| !f.fail_open);
+                    let closed = request.iter().map(|&f| generation.filter(f)).find(|f| !f.fail_open);
                     if let Some(f) = closed {
                         log::error(
                             format!(
@@ -179,7 +176,7 @@ impl Plugin {
         if !response.is_empty() {
             let flow = Flow::new(txn, &generation, Direction::Response, &response, 0);
             state.bodies.response = Transform::create::<BodyTransform>(txn, Direction::Response, flow);
-            let cache_transformed = response.iter().any(|&f| filters[f].cache_transformed);
+            let cache_transformed = response.iter().any(|&f| generation.filter(f).cache_transformed);
             transform::cache_transformed(txn, cache_transformed);
         }
     }
@@ -242,7 +239,7 @@ impl Plugin {
         let Some(mut state) = self.slot.take(flow.txn) else {
             // No filter state (cannot happen while the transaction is alive): drain unfiltered.
             flow.stages.iter_mut().for_each(|s| s.passthrough = true);
-            let mut empty = TxnState::new(std::rc::Rc::new(Arc::clone(&flow.generation)));
+            let mut empty = TxnState::new(flow.generation.to_chain());
             empty.bodies.response_headers_done = true;
             return self.body_step(t, flow, &mut empty);
         };
@@ -361,7 +358,7 @@ impl Plugin {
         };
         let txn = flow.txn;
         let direction = flow.direction;
-        let generation = Arc::clone(&flow.generation);
+        let generation = flow.generation.clone();
         let stream = TxnStream { txn, phase };
         let mut data = chunk;
         for stage in &mut flow.stages {
@@ -372,7 +369,7 @@ impl Plugin {
                 // An earlier filter buffered everything: nothing reaches the later ones now.
                 return Ok(data);
             }
-            let f = &generation.filters[stage.filter];
+            let f = generation.filter(stage.filter);
             let mut buf = std::mem::take(&mut stage.buf);
             if buf.is_empty() {
                 buf = data;
@@ -461,10 +458,10 @@ impl Plugin {
 }
 
 impl Flow {
-    fn new(txn: Txn, generation: &Arc<Generation>, direction: Direction, filters: &[usize], held_limit: usize) -> Self {
+    fn new(txn: Txn, generation: &SharedChain, direction: Direction, filters: &[usize], held_limit: usize) -> Self {
         Flow {
             txn,
-            generation: Arc::clone(generation),
+            generation: generation.clone(),
             direction,
             stages: filters.iter().map(|&filter| Stage { filter, buf: Vec::new(), passthrough: false }).collect(),
             output: None,

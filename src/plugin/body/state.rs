@@ -19,6 +19,17 @@ pub(crate) struct TxnBodies {
 }
 
 impl TxnBodies {
+    /// Transforms are to be chosen again (a remap rule's filters joined a transaction for
+    /// which nothing was installed).
+    pub(crate) fn choose_again(&mut self) {
+        self.installed = false;
+    }
+
+    /// Whether transforms were chosen already.
+    pub(crate) fn chosen(&self) -> bool {
+        self.installed
+    }
+
     /// Whether a response transform can replace the response body.
     pub(crate) fn has_response_transform(&self) -> bool {
         self.response.is_some()

@@ -247,11 +247,13 @@ pub fn ats_stat_name(filter: &str, stat: &str) -> String {
 }
 
 impl FilterMetrics {
-    /// Creates filter `name`'s ATS stats and, with an exporter, its Prometheus handles. Runs in
-    /// `TSPluginInit`.
-    pub fn new(name: &str, exporter: Option<&Exporter>) -> Arc<Self> {
+    /// Creates the ATS stats of filter `name` in `scope` (`global`, or `remap:<from URL>`) and,
+    /// with an exporter, its Prometheus handles (labelled `filter` and `scope`). A rule's
+    /// filter's ATS stats are named after the scope too.
+    pub fn new(name: &str, scope: &str, exporter: Option<&Exporter>) -> Arc<Self> {
+        let stat_prefix = if scope == "global" { name.to_string() } else { format!("{scope}.{name}") };
         let stat = |s: &str| {
-            let n = ats_stat_name(name, s);
+            let n = ats_stat_name(&stat_prefix, s);
             let st = Stat::create(&n);
             if st.is_none() {
                 log::warning(format!("ats_wasm: cannot create the ATS stat {n}").as_bytes());
@@ -268,21 +270,26 @@ impl FilterMetrics {
             pool_poisonings: stat("pool_poisonings"),
         };
         let filter = || Label::new("filter", name.to_string());
+        let scope_label = || Label::new("scope", scope.to_string());
         let failures = exporter.map(|e| {
-            FailureReason::ALL.map(|r| e.counter(CALLBACK_FAILURES, vec![filter(), Label::new("reason", r.label())]))
+            FailureReason::ALL
+                .map(|r| e.counter(CALLBACK_FAILURES, vec![filter(), Label::new("reason", r.label()), scope_label()]))
         });
         let outcomes = exporter.map(|e| {
-            ["fail_open", "fail_closed"].map(|o| e.counter(FAILURE_OUTCOMES, vec![filter(), Label::new("outcome", o)]))
+            ["fail_open", "fail_closed"]
+                .map(|o| e.counter(FAILURE_OUTCOMES, vec![filter(), Label::new("outcome", o), scope_label()]))
         });
         let rejected = exporter.map(|e| {
             ["invalid_name", "invalid_value"]
-                .map(|r| e.counter(REJECTED_WRITES, vec![filter(), Label::new("reason", r)]))
+                .map(|r| e.counter(REJECTED_WRITES, vec![filter(), Label::new("reason", r), scope_label()]))
         });
         let refused_calls = exporter.map(|e| {
-            ["vm", "transaction"].map(|r| e.counter(HTTP_CALLS_REFUSED, vec![filter(), Label::new("reason", r)]))
+            ["vm", "transaction"]
+                .map(|r| e.counter(HTTP_CALLS_REFUSED, vec![filter(), Label::new("reason", r), scope_label()]))
         });
         let shared_refused = exporter.map(|e| {
-            SharedBound::ALL.map(|b| e.counter(SHARED_DATA_REFUSED, vec![filter(), Label::new("reason", b.label())]))
+            SharedBound::ALL
+                .map(|b| e.counter(SHARED_DATA_REFUSED, vec![filter(), Label::new("reason", b.label()), scope_label()]))
         });
         let timer = exporter.map(|e| Arc::new(HookTimer::new(e.clock.clone())));
         let observer = Observer(timer.clone().map(|t| t as Arc<dyn CallbackObserver>));
@@ -432,6 +439,8 @@ pub(super) fn left_out(suppressed: u64) -> String {
 pub struct FilterSnapshot {
     /// The filter's name.
     pub name: String,
+    /// `global`, or `remap:<from URL>` for a remap rule's filter.
+    pub scope: String,
     /// Its pool's counters.
     pub pool: ats_wasm_pool::PoolStats,
     /// Its counters and callback histograms.

@@ -15,6 +15,11 @@ pub struct GenerationCounters {
     pub reloads_ok: AtomicU64,
     /// Reloads that failed and changed nothing.
     pub reloads_failed: AtomicU64,
+    /// Remap rule instances alive: those of the current remap.config and deleted ones still
+    /// held by transactions in flight.
+    pub remap_live: AtomicU64,
+    /// Remap rule instances that could not be created (a bad `@pparam`, YAML or module).
+    pub remap_failed: AtomicU64,
 }
 
 /// The one set of generation counters.
@@ -23,6 +28,8 @@ pub static GENERATIONS: GenerationCounters = GenerationCounters {
     live: AtomicU64::new(0),
     reloads_ok: AtomicU64::new(0),
     reloads_failed: AtomicU64::new(0),
+    remap_live: AtomicU64::new(0),
+    remap_failed: AtomicU64::new(0),
 };
 
 /// `ats_wasm_reloads_total{result}`, `ats_wasm_generation` and `ats_wasm_generations_live`.
@@ -40,10 +47,18 @@ pub fn render_generations(out: &mut String) {
          ats_wasm_generation {}\n\
          # HELP ats_wasm_generations_live Generations alive: the current one and those still held by transactions in flight.\n\
          # TYPE ats_wasm_generations_live gauge\n\
-         ats_wasm_generations_live {}\n",
+         ats_wasm_generations_live {}\n\
+         # HELP ats_wasm_remap_instances_live Remap rules' filter chains alive: the current remap.config's and deleted ones still held by transactions in flight.\n\
+         # TYPE ats_wasm_remap_instances_live gauge\n\
+         ats_wasm_remap_instances_live {}\n\
+         # HELP ats_wasm_remap_instances_failed_total Remap rules whose filter chain could not be created (bad @pparam, YAML or module).\n\
+         # TYPE ats_wasm_remap_instances_failed_total counter\n\
+         ats_wasm_remap_instances_failed_total {}\n",
         l(&g.reloads_ok),
         l(&g.reloads_failed),
         l(&g.current),
         l(&g.live),
+        l(&g.remap_live),
+        l(&g.remap_failed),
     );
 }

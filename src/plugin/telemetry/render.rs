@@ -43,13 +43,13 @@ pub fn render_hooks(out: &mut String, filters: &[FilterSnapshot]) {
     );
     for f in filters {
         let Some(timer) = &f.metrics.timer else { continue };
-        let filter = label_value(&f.name);
+        let (filter, scope) = (label_value(&f.name), label_value(&f.scope));
         for (callback, buckets, sum_ns) in timer.totals() {
             let count: u64 = buckets.iter().fold(0, |a, b| a.wrapping_add(*b));
             if count == 0 {
                 continue;
             }
-            let labels = format!("filter=\"{filter}\",hook=\"{}\"", callback.label());
+            let labels = format!("filter=\"{filter}\",hook=\"{}\",scope=\"{scope}\"", callback.label());
             let mut cumulative = 0u64;
             for (i, n) in buckets.iter().enumerate() {
                 cumulative = cumulative.wrapping_add(*n);
@@ -90,9 +90,14 @@ pub fn render_pools(out: &mut String, filters: &[FilterSnapshot]) {
     for (name, kind, help, field) in series {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for f in filters {
-            let filter = label_value(&f.name);
+            let (filter, scope) = (label_value(&f.name), label_value(&f.scope));
             for t in &f.pool.threads {
-                let _ = writeln!(out, "{name}{{filter=\"{filter}\",thread=\"{}\"}} {}", t.thread, field(t));
+                let _ = writeln!(
+                    out,
+                    "{name}{{filter=\"{filter}\",thread=\"{}\",scope=\"{scope}\"}} {}",
+                    t.thread,
+                    field(t)
+                );
             }
         }
     }
@@ -221,18 +226,21 @@ mod tests {
         let started = o.start();
         std::thread::sleep(Duration::from_millis(3));
         o.finish(Callback::Tick, started);
-        let text =
-            render(&e.handle, &[FilterSnapshot { name: "f\"1".into(), pool: Default::default(), metrics: fm }], &[]);
-        let rh = "filter=\"f\\\"1\",hook=\"request_headers\"";
+        let text = render(
+            &e.handle,
+            &[FilterSnapshot { name: "f\"1".into(), scope: "global".into(), pool: Default::default(), metrics: fm }],
+            &[],
+        );
+        let rh = "filter=\"f\\\"1\",hook=\"request_headers\",scope=\"global\"";
         assert!(text.contains(&format!("{HOOK_DURATION}_bucket{{{rh},le=\"0.000001\"}} 0\n")), "{text}");
         assert!(text.contains(&format!("{HOOK_DURATION}_bucket{{{rh},le=\"0.000005\"}} 1\n")), "{text}");
         assert!(text.contains(&format!("{HOOK_DURATION}_bucket{{{rh},le=\"0.0025\"}} 2\n")), "{text}");
         assert!(text.contains(&format!("{HOOK_DURATION}_sum{{{rh}}} 0.002003\n")), "{text}");
         assert!(text.contains(&format!("{HOOK_DURATION}_count{{{rh}}} 2\n")), "{text}");
-        let log = "filter=\"f\\\"1\",hook=\"log\"";
+        let log = "filter=\"f\\\"1\",hook=\"log\",scope=\"global\"";
         assert!(text.contains(&format!("{HOOK_DURATION}_bucket{{{log},le=\"1\"}} 0\n")), "{text}");
         assert!(text.contains(&format!("{HOOK_DURATION}_bucket{{{log},le=\"+Inf\"}} 1\n")), "{text}");
-        let tick = "filter=\"f\\\"1\",hook=\"tick\"";
+        let tick = "filter=\"f\\\"1\",hook=\"tick\",scope=\"global\"";
         assert!(text.contains(&format!("{HOOK_DURATION}_bucket{{{tick},le=\"0.0025\"}} 0\n")), "{text}");
         // At least 3 ms; no upper bound: a loaded machine may sleep much longer.
         assert!(text.contains(&format!("{HOOK_DURATION}_bucket{{{tick},le=\"+Inf\"}} 1\n")), "3 ms: {text}");
@@ -251,10 +259,19 @@ mod tests {
         let mut out = String::new();
         let e = Exporter::new();
         let metrics = FilterMetrics::new_untracked(&e);
-        render_pools(&mut out, &[FilterSnapshot { name: "f".into(), pool, metrics }]);
-        assert!(out.contains("ats_wasm_pool_ready_vms{filter=\"f\",thread=\"0\"} 2\n"), "{out}");
-        assert!(out.contains("ats_wasm_pool_leased_vms{filter=\"f\",thread=\"1\"} 1\n"), "{out}");
+        render_pools(&mut out, &[FilterSnapshot { name: "f".into(), scope: "remap:http://a/".into(), pool, metrics }]);
+        assert!(
+            out.contains("ats_wasm_pool_ready_vms{filter=\"f\",thread=\"0\",scope=\"remap:http://a/\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("ats_wasm_pool_leased_vms{filter=\"f\",thread=\"1\",scope=\"remap:http://a/\"} 1\n"),
+            "{out}"
+        );
         assert!(out.contains("# TYPE ats_wasm_pool_misses_total counter\n"), "{out}");
-        assert!(out.contains("ats_wasm_pool_misses_total{filter=\"f\",thread=\"0\"} 5\n"), "{out}");
+        assert!(
+            out.contains("ats_wasm_pool_misses_total{filter=\"f\",thread=\"0\",scope=\"remap:http://a/\"} 5\n"),
+            "{out}"
+        );
     }
 }
