@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make demo`: starts a private Apache Traffic Server on loopback with ats-wasm and the
-# add-headers example filter in front of a loopback echo origin, sends one request through it,
+# `make demo`: starts a private Apache Traffic Server on loopback with ats-wasm, the
+# add-headers example filter (global) and examples/remap/'s per-route filters in front of a
+# loopback echo origin, sends requests through both,
 # prints the response headers, what the origin saw and the plugin's Prometheus metrics, then
 # serves until Ctrl-C and cleans up.
 # Set DEMO_SERVE=0 to stop right after the request (used by CI). Everything lives in .demo/.
@@ -22,6 +23,11 @@ cp "$wasm" "$demo/etc/add_headers.wasm"
 cp "$root/examples/add-headers/add-headers.yaml" "$demo/etc/add-headers.yaml"
 # The Prometheus endpoint on a free port (the default is 127.0.0.1:9464).
 echo "$plugin --metrics-listen=127.0.0.1:$metrics_port add-headers.yaml" > "$demo/etc/plugin.config"
+# Per-route filters: examples/remap/ (rules for api.example and admin.example, a catch-all).
+cp "$root/examples/target/wasm32-unknown-unknown/release/deny.wasm" "$demo/etc/deny.wasm"
+cp "$root/examples/remap/route-api.yaml" "$root/examples/remap/route-admin.yaml" "$demo/etc/"
+sed -e "s|ORIGIN|127.0.0.1:$origin_port|g" -e "s|@plugin=libats_wasm.so|@plugin=$plugin|g" \
+  "$root/examples/remap/remap.config" > "$demo/etc/remap.config"
 
 # The origin: answers every request with the request head it received.
 cat > "$demo/origin.py" <<'PY'
@@ -58,6 +64,11 @@ echo
 echo "== curl -i http://127.0.0.1:$ats_port/hello"
 curl -sS -i "http://127.0.0.1:$ats_port/hello" | tr -d '\r' | sed 's/^/   /'
 echo
+echo "== a remap rule's filters (examples/remap/remap.config): curl -i -H 'Host: admin.example' .../private/x, then .../ok"
+curl -sS -i -H 'Host: admin.example' "http://127.0.0.1:$ats_port/private/x" | tr -d '\r' | sed 's/^/   /'
+echo
+curl -sS -i -H 'Host: admin.example' "http://127.0.0.1:$ats_port/ok" | tr -d '\r' | grep -iE '^(HTTP|x-route|x-added-by)' | sed 's/^/   /'
+echo
 echo "== ats-wasm in diags.log:"
 grep ats_wasm "$demo/log/diags.log" | sed 's/^/   /' || true
 echo
@@ -65,7 +76,7 @@ echo
 for i in 1 2 3 4; do curl -sS -o /dev/null "http://127.0.0.1:$ats_port/hello/$i"; done
 echo "== curl http://127.0.0.1:$metrics_port/metrics (request/response callback counts, pool, failures)"
 curl -sS "http://127.0.0.1:$metrics_port/metrics" |
-  grep -E '^ats_wasm_(hook_duration_seconds_(count|sum)\{[^}]*hook="(request|response)_headers"|pool_(ready|leased)_vms|pool_instantiations_total|callback_failures_total|failure_outcomes_total)' |
+  grep -E '^ats_wasm_(remap_instances_live|hook_duration_seconds_(count|sum)\{[^}]*hook="(request|response)_headers"|pool_(ready|leased)_vms|pool_instantiations_total|callback_failures_total|failure_outcomes_total)' |
   sed 's/^/   /' || true
 if [ "${DEMO_SERVE:-1}" = 1 ] && [ -t 0 ]; then
   echo

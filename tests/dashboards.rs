@@ -100,7 +100,10 @@ impl Prometheus {
 
 /// Grafana's variables, as the dashboard would resolve them with the filter "All".
 fn resolve(expr: &str) -> String {
-    expr.replace("$__rate_interval", "20s").replace("$__interval", "2s").replace("$filter", ".+")
+    expr.replace("$__rate_interval", "20s")
+        .replace("$__interval", "2s")
+        .replace("$filter", ".+")
+        .replace("$scope", ".+")
 }
 
 fn yaml(name: &str, configuration: &str, wasm: &Path) -> String {

@@ -315,3 +315,37 @@ fn a_request_waiting_on_its_own_vms_queue_is_resumed_in_both_isolation_modes() {
         );
     }
 }
+
+/// `examples/remap/`: each rule of its remap.config runs exactly its filters.
+#[test]
+fn the_remap_example_gives_each_rule_its_own_filters() {
+    let dir = harness::repo_root().join("examples/remap");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("example file");
+    let b = Ats::builder().net_threads(2);
+    let origin = format!("127.0.0.1:{}", b.origin_port());
+    let plugin = harness::plugin_so().display().to_string();
+    let remap = read("remap.config").replace("ORIGIN", &origin).replace("libats_wasm.so", &plugin);
+    let module = |name: &str| std::fs::read(example_wasm(name)).expect("example module");
+    let mut b = b
+        .config_file("route-api.yaml", read("route-api.yaml"))
+        .config_file("route-admin.yaml", read("route-admin.yaml"))
+        .config_file("add_headers.wasm", module("add-headers"))
+        .config_file("deny.wasm", module("deny"));
+    for line in remap.lines().filter(|l| l.starts_with("map ")) {
+        b = b.remap(line);
+    }
+    let ats = b.start();
+    let get = |host: &str, path: &str| ats.request("GET", path, &[("Host", host)], b"");
+    let r = get("api.example", "/v1");
+    assert_eq!((r.status, r.header("x-route")), (200, Some("api")), "{r:?}\n{}", ats.failure_report());
+    assert!(r.body_str().contains("x-route: api"), "the origin saw the mark: {r:?}");
+    let r = get("admin.example", "/private/x");
+    assert_eq!((r.status, r.body_str().as_ref()), (403, "denied by route-admin\n"), "{r:?}");
+    let r = get("admin.example", "/public");
+    assert_eq!((r.status, r.header("x-route")), (200, Some("api")), "{r:?}");
+    for host in ["static.example", "other.example"] {
+        let r = get(host, "/");
+        assert_eq!((r.status, r.header("x-route")), (200, None), "{host}: {r:?}");
+    }
+    assert!(ats.origin().seen().iter().all(|s| !s.path.starts_with("/private")));
+}
