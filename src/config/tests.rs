@@ -344,7 +344,13 @@ fn every_example_yaml_parses_and_names_a_module_the_examples_build() {
             let f = load_filter(&file, Path::new("/etc/ts"), &no_env).unwrap_or_else(|e| panic!("{e}"));
             assert!(f.unknown_keys.is_empty(), "{}: {:?}", file.display(), f.unknown_keys);
             let crate_name = dir.file_name().unwrap().to_string_lossy().replace('-', "_");
-            assert_eq!(f.wasm_path, Path::new("/etc/ts").join(format!("{crate_name}.wasm")), "{}", file.display());
+            if crate_name == "remap" {
+                // Per-route example files name other examples' modules.
+                let stem = f.wasm_path.file_stem().unwrap().to_string_lossy().replace('_', "-");
+                assert!(examples.join(&stem).join("Cargo.toml").exists(), "{}: {stem}", file.display());
+            } else {
+                assert_eq!(f.wasm_path, Path::new("/etc/ts").join(format!("{crate_name}.wasm")), "{}", file.display());
+            }
             checked += 1;
         }
     }
