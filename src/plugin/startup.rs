@@ -107,6 +107,7 @@ pub fn init(args: &[String]) {
     generation::publish(Generation::new(1, filters));
     cont.add_global(HttpHook::ReadRequestHdr);
     reload::register();
+    super::delivery::reach_net_threads();
     telemetry::start(endpoint, filter_snapshots);
 }
 
