@@ -16,7 +16,7 @@
 #   NET_THREADS ["1 2"] values of proxy.config.exec_thread.limit
 #   CONFIGS             subset of "none native wasm-shared wasm-transaction wasm-bodies
 #                       wasm-metrics-off wasm-deny" (default: none native wasm-shared wasm-transaction;
-#                       wasm-bodies = shared + `bodies: response`, the cost of a response
+#                       wasm-bodies = shared + `bodies: auto` (the default), the cost of a response
 #                       transform on a header-only filter; wasm-metrics-off = shared with
 #                       --metrics-listen=off, the cost of the metrics; wasm-deny = shared with
 #                       examples/deny instead of add-headers: a header-only filter that reads
@@ -123,7 +123,7 @@ start_ats() {
       ;;
     wasm-bodies)
       cp "$wasm" "$d/etc/add_headers.wasm"
-      sed 's/^  bodies: none$/  bodies: response/' "$yaml" >"$d/etc/add-headers.yaml"
+      sed 's/^  bodies: none$/  bodies: auto/' "$yaml" >"$d/etc/add-headers.yaml"
       echo "$plugin --isolation=shared --metrics-listen=127.0.0.1:$(free_port) add-headers.yaml" >"$d/etc/plugin.config"
       ;;
     wasm-deny)
@@ -161,7 +161,7 @@ verify() {
   fi
   [ "$body" = "$want_body" ] || die "$config ($threads net threads): the origin saw '$body', expected '$want_body'"
   if [ "$config" = wasm-bodies ]; then
-    grep -q '^  bodies: response$' "$ats_dir/etc/add-headers.yaml" || die "$config: add-headers.yaml lacks bodies: response"
+    grep -q '^  bodies: auto$' "$ats_dir/etc/add-headers.yaml" || die "$config: add-headers.yaml lacks bodies: auto"
   fi
   if [ "$config" = wasm-deny ]; then
     # The filter is there: a denied path is answered by it, not by the origin.
