@@ -69,9 +69,10 @@ ats_pin=() wrk_pin=() nginx_pin=()
 [ -z "$WRK_CPUS" ] || wrk_pin=(taskset -c "$WRK_CPUS")
 [ -z "$NGINX_CPUS" ] || nginx_pin=(taskset -c "$NGINX_CPUS")
 
-for f in "$plugin" "$wasm" "$native" "$yaml" "$deny_wasm" "$deny_yaml"; do
+for f in "$plugin" "$wasm" "$yaml" "$deny_wasm" "$deny_yaml"; do
   [ -f "$f" ] || die "missing $f: run 'make bench' (it builds everything first)"
 done
+[[ " $CONFIGS " != *" native "* || -f "$native" ]] || die "missing $native: run 'make bench' (it builds everything first)"
 for c in $CONFIGS; do
   case $c in none | native | wasm-shared | wasm-transaction | wasm-bodies | wasm-metrics-off | wasm-deny) ;; *) die "unknown configuration '$c' in CONFIGS" ;; esac
 done
