@@ -36,6 +36,7 @@ NAMES = {
     "native": "native Rust plugin, same header work (`benches/native-plugin`)",
     "wasm-shared": "ats-wasm `shared`, `add-headers`, `--metrics-listen=off`",
     "wasm-transaction": "ats-wasm `transaction`, `add-headers`, `--metrics-listen=off`",
+    "wasm-bodies": "ats-wasm `shared`, `add-headers` with `bodies: auto` (a pass-through response transform)",
 }
 
 

@@ -23,7 +23,9 @@
 # Environment (defaults in brackets):
 #   CONFIGS ["none native wasm-shared wasm-transaction"]  a subset, in this order; the names of
 #                       benches/load.sh: wasm-shared = ats-wasm --isolation=shared, wasm-transaction
-#                       = --isolation=transaction, both with --metrics-listen=off
+#                       = --isolation=transaction, both with --metrics-listen=off; wasm-bodies (not
+#                       run by default) = wasm-shared with `bodies: auto` (the default) instead of
+#                       the shipped `bodies: none`: the cost of a pass-through response transform
 #   REQUESTS [2000]     measured requests per configuration
 #   WARMUP [200]        keep-alive requests before measuring (on the measured connection)
 #   RUNS [1]            measure every configuration this many times (rows per run)
@@ -76,12 +78,12 @@ for c in "${configs[@]}"; do
   case $c in
     none) ;;
     native) [ -f "$NATIVE_PLUGIN" ] || die "missing $NATIVE_PLUGIN: run 'make bench-instructions' (it builds everything first)" ;;
-    wasm-shared | wasm-transaction)
+    wasm-shared | wasm-transaction | wasm-bodies)
       for f in "$PLUGIN" "$WASM" "$yaml"; do
         [ -f "$f" ] || die "missing $f: run 'make bench-instructions' (it builds everything first)"
       done
       ;;
-    *) die "unknown configuration '$c' in CONFIGS (none native wasm-shared wasm-transaction)" ;;
+    *) die "unknown configuration '$c' in CONFIGS (none native wasm-shared wasm-transaction wasm-bodies)" ;;
   esac
 done
 [[ $REQUESTS =~ ^[1-9][0-9]*$ && $WARMUP =~ ^[1-9][0-9]*$ && $RUNS =~ ^[1-9][0-9]*$ ]] ||
@@ -127,6 +129,12 @@ start_ats() {
       cp "$yaml" "$d/etc/add-headers.yaml"
       echo "$PLUGIN --isolation=${config#wasm-} --metrics-listen=off --max-vms=$MAX_VMS add-headers.yaml" >"$d/etc/plugin.config"
       ;;
+    wasm-bodies)
+      cp "$WASM" "$d/etc/add_headers.wasm"
+      sed 's/^  bodies: none$/  bodies: auto/' "$yaml" >"$d/etc/add-headers.yaml"
+      grep -q '^  bodies: auto$' "$d/etc/add-headers.yaml" || die "$config: add-headers.yaml lacks bodies: none"
+      echo "$PLUGIN --isolation=shared --metrics-listen=off --max-vms=$MAX_VMS add-headers.yaml" >"$d/etc/plugin.config"
+      ;;
   esac
   # valgrind execs traffic_server in its own process: $! is ATS's pid for callgrind_control.
   # shellcheck disable=SC2086 # VALGRIND_ARGS is a list of options
@@ -151,6 +159,9 @@ verify() {
   if [[ $config == wasm-* ]] && grep -i 'ats_wasm' "$ats_dir/log/diags.log" | grep -qiE 'error|disabled|skip'; then
     grep -i ats_wasm "$ats_dir/log/diags.log" >&2
     die "$config: ats-wasm reported a problem in diags.log"
+  fi
+  if [ "$config" = wasm-bodies ] && ! grep -q 'response bodies (bodies: auto' "$ats_dir/log/diags.log"; then
+    die "$config: ats-wasm did not give add-headers response bodies (no NOTE in diags.log)"
   fi
   body=$(curl -fsS "http://127.0.0.1:$ats_port/verify") || die "$config: curl /verify failed"
   case $config in none) want="x-added-by=" ;; *) want="x-added-by=ats-wasm" ;; esac

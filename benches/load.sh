@@ -16,7 +16,7 @@
 #   NET_THREADS ["1 2"] values of proxy.config.exec_thread.limit
 #   CONFIGS             subset of "none native wasm-shared wasm-transaction wasm-bodies
 #                       wasm-metrics-off wasm-deny" (default: none native wasm-shared wasm-transaction;
-#                       wasm-bodies = shared + `bodies: response`, the cost of a response
+#                       wasm-bodies = shared + `bodies: auto` (the default), the cost of a response
 #                       transform on a header-only filter; wasm-metrics-off = shared with
 #                       --metrics-listen=off, the cost of the metrics; wasm-deny = shared with
 #                       examples/deny instead of add-headers: a header-only filter that reads
@@ -69,9 +69,10 @@ ats_pin=() wrk_pin=() nginx_pin=()
 [ -z "$WRK_CPUS" ] || wrk_pin=(taskset -c "$WRK_CPUS")
 [ -z "$NGINX_CPUS" ] || nginx_pin=(taskset -c "$NGINX_CPUS")
 
-for f in "$plugin" "$wasm" "$native" "$yaml" "$deny_wasm" "$deny_yaml"; do
+for f in "$plugin" "$wasm" "$yaml" "$deny_wasm" "$deny_yaml"; do
   [ -f "$f" ] || die "missing $f: run 'make bench' (it builds everything first)"
 done
+[[ " $CONFIGS " != *" native "* || -f "$native" ]] || die "missing $native: run 'make bench' (it builds everything first)"
 for c in $CONFIGS; do
   case $c in none | native | wasm-shared | wasm-transaction | wasm-bodies | wasm-metrics-off | wasm-deny) ;; *) die "unknown configuration '$c' in CONFIGS" ;; esac
 done
@@ -123,7 +124,7 @@ start_ats() {
       ;;
     wasm-bodies)
       cp "$wasm" "$d/etc/add_headers.wasm"
-      sed 's/^  bodies: none$/  bodies: response/' "$yaml" >"$d/etc/add-headers.yaml"
+      sed 's/^  bodies: none$/  bodies: auto/' "$yaml" >"$d/etc/add-headers.yaml"
       echo "$plugin --isolation=shared --metrics-listen=127.0.0.1:$(free_port) add-headers.yaml" >"$d/etc/plugin.config"
       ;;
     wasm-deny)
@@ -161,7 +162,7 @@ verify() {
   fi
   [ "$body" = "$want_body" ] || die "$config ($threads net threads): the origin saw '$body', expected '$want_body'"
   if [ "$config" = wasm-bodies ]; then
-    grep -q '^  bodies: response$' "$ats_dir/etc/add-headers.yaml" || die "$config: add-headers.yaml lacks bodies: response"
+    grep -q '^  bodies: auto$' "$ats_dir/etc/add-headers.yaml" || die "$config: add-headers.yaml lacks bodies: auto"
   fi
   if [ "$config" = wasm-deny ]; then
     # The filter is there: a denied path is answered by it, not by the origin.

@@ -20,7 +20,7 @@ CONFIG_LABEL = {
     "native": "native plugin",
     "wasm-shared": "ats-wasm, shared",
     "wasm-transaction": "ats-wasm, transaction",
-    "wasm-bodies": "ats-wasm, shared, bodies: response",
+    "wasm-bodies": "ats-wasm, shared, bodies: auto",
     "wasm-metrics-off": "ats-wasm, shared, --metrics-listen=off",
     "wasm-deny": "ats-wasm, shared, deny (reads 2 headers)",
 }

@@ -73,6 +73,37 @@ fn ticks(ats: &Ats) -> usize {
     ats.console().lines().filter(|l| l.contains("[background] background: tick")).count()
 }
 
+/// The net threads (`[ET_NET n]` in the console) that logged `background: tick 1`.
+fn ticking_threads(ats: &Ats) -> std::collections::BTreeSet<String> {
+    ats.console()
+        .lines()
+        .filter(|l| l.contains("[background] background: tick 1"))
+        .filter_map(|l| l.split("[ET_NET ").nth(1).and_then(|t| t.split(']').next()).map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn d_ticks_start_on_every_net_thread_with_no_traffic() {
+    // No request but the harness' readiness probe, which reaches one of the 3 net threads: the
+    // other two tick only if ticks start when ATS's threads are up.
+    let ats = Ats::builder()
+        .net_threads(3)
+        .config_file("f.yaml", filter_yaml("background", &example_wasm("background"), ""))
+        .plugin(&["f.yaml"])
+        .start();
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while ticking_threads(&ats).len() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        ticking_threads(&ats).len(),
+        3,
+        "net threads that ticked: {:?}\n{}",
+        ticking_threads(&ats),
+        ats.console()
+    );
+}
+
 #[test]
 fn d_a_background_root_context_keeps_ticking_when_requests_make_it_trap() {
     let ats = one("background", "background", "");

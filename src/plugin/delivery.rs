@@ -11,6 +11,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ats_wasm_pool::VmPool;
@@ -23,7 +24,8 @@ use super::generation::{self, Generation, Pinned};
 use super::live::TxnId;
 use super::{PLUGIN, Plugin};
 use crate::abi::{HostState, QueueTarget, guest};
-use crate::ts::hooks::{EventThread, TimerHandler};
+use crate::ts::control::run_on_task_thread;
+use crate::ts::hooks::{EventThread, TimerHandler, net_thread_count, run_on_net_pool, when_task_threads_ready};
 use crate::ts::log;
 use crate::ts::txn::Txn;
 
@@ -146,6 +148,54 @@ pub(super) fn pin() -> Option<Pinned> {
 pub(super) fn adopt_everywhere() {
     for (thread, _) in threads().iter() {
         thread.run_once::<Adopt>(0);
+    }
+}
+
+/// Start-up: once ATS's task threads are up, every net thread adopts the generation and starts
+/// its tick timers, with no client traffic: a task thread schedules one hop per net thread
+/// onto the net pool (ATS hands them out in turn); when the last hop ran and fewer threads than
+/// ATS's configured count registered, the next round goes out, at most [`SPREAD_ROUNDS`] in
+/// all. A thread still not reached adopts at its first transaction, as before.
+pub(super) fn reach_net_threads() {
+    when_task_threads_ready::<Spread>();
+}
+
+/// Rounds of hops at start-up before the remaining net threads are left to their first
+/// transaction.
+const SPREAD_ROUNDS: usize = 4;
+
+/// Hops of the current start-up round still to run.
+static HOPS_LEFT: AtomicUsize = AtomicUsize::new(0);
+
+/// One start-up round, on a task thread; the data is the round number.
+struct Spread;
+
+impl TimerHandler for Spread {
+    fn on_timer(round: usize) {
+        let want = net_thread_count();
+        let have = threads().len();
+        if have >= want || round >= SPREAD_ROUNDS {
+            log::debug(format!("start-up: {have} of {want} net threads adopted the generation").as_bytes());
+            return;
+        }
+        HOPS_LEFT.store(want, Ordering::Release);
+        for _ in 0..want {
+            if !run_on_net_pool::<Hop>(round) {
+                HOPS_LEFT.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+/// One start-up hop on a net thread: adopts the generation there (once per thread).
+struct Hop;
+
+impl TimerHandler for Hop {
+    fn on_timer(round: usize) {
+        pin();
+        if HOPS_LEFT.fetch_sub(1, Ordering::AcqRel) == 1 && !run_on_task_thread::<Spread>(round + 1) {
+            log::debug(b"start-up: cannot schedule the next round onto a task thread");
+        }
     }
 }
 

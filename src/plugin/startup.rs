@@ -128,6 +128,7 @@ fn boot(args: PluginArgs, raw_args: Vec<String>, config_dir: PathBuf, configs: O
     if global {
         reload::register();
     }
+    super::delivery::reach_net_threads();
     telemetry::start(endpoint, filter_snapshots);
 }
 

@@ -181,6 +181,63 @@ impl EventThread {
     }
 }
 
+/// Runs `H::on_timer(data)` once, soon, on one of ATS's net threads (`TSContScheduleOnPool`
+/// with `TS_THREAD_POOL_NET`, a fresh continuation each time, so no thread affinity). ATS 9.2
+/// (`EventProcessor::schedule`) puts it on the calling thread when that is a net thread, else
+/// on the net threads in turn (round robin): called from a task thread, `n` calls in a row
+/// reach `n` different net threads (unless other work is scheduled on them in between).
+/// Returns false if ATS refused.
+pub fn run_on_net_pool<H: TimerHandler>(data: usize) -> bool {
+    let cont = scheduled_cont(Some(once_trampoline::<H>), data);
+    // SAFETY: cont is valid; the trampoline destroys it after it ran.
+    !unsafe { sys::TSContScheduleOnPool(cont, 0, sys::TS_THREAD_POOL_NET) }.is_null()
+}
+
+/// How many net threads (`ET_NET`) ATS starts, from its records as ATS 9.2 computes it:
+/// `proxy.config.exec_thread.limit` when `proxy.config.exec_thread.autoconfig` is 0, else the
+/// CPUs this process may use × `proxy.config.exec_thread.autoconfig.scale`; at least 1.
+pub fn net_thread_count() -> usize {
+    let int = |name: &std::ffi::CStr| {
+        let mut v: sys::TSMgmtInt = 0;
+        // SAFETY: name is NUL-terminated; v is a valid out-pointer.
+        (unsafe { sys::TSMgmtIntGet(name.as_ptr(), &mut v) } == sys::TS_SUCCESS).then_some(v)
+    };
+    let n = if int(c"proxy.config.exec_thread.autoconfig").unwrap_or(1) == 0 {
+        int(c"proxy.config.exec_thread.limit").unwrap_or(1)
+    } else {
+        let mut scale: sys::TSMgmtFloat = 1.0;
+        // SAFETY: the name is NUL-terminated; scale is a valid out-pointer (left at 1.0 on
+        // failure).
+        unsafe { sys::TSMgmtFloatGet(c"proxy.config.exec_thread.autoconfig.scale".as_ptr(), &mut scale) };
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cpus as f64 * f64::from(scale)) as i64
+    };
+    n.clamp(1, 4096) as usize
+}
+
+unsafe extern "C" fn lifecycle_trampoline<H: TimerHandler>(
+    _cont: sys::TSCont,
+    _event: sys::TSEvent,
+    _edata: *mut c_void,
+) -> c_int {
+    if catch_unwind(AssertUnwindSafe(|| H::on_timer(0))).is_err() {
+        log::error(b"ats_wasm: internal error (panic) in start-up work; ATS goes on");
+    }
+    0
+}
+
+/// Runs `H::on_timer(0)` once ATS's task threads are up
+/// (`TS_LIFECYCLE_TASK_THREADS_READY_HOOK`, on a task thread; the net threads started before
+/// the plugin was loaded). Call once, from `TSPluginInit`.
+pub fn when_task_threads_ready<H: TimerHandler>() {
+    // SAFETY: the trampoline has the TSEventFunc signature; the continuation lives for the
+    // life of the process (ATS keeps it registered).
+    unsafe {
+        let cont = sys::TSContCreate(Some(lifecycle_trampoline::<H>), std::ptr::null_mut());
+        sys::TSLifecycleHookAdd(sys::TS_LIFECYCLE_TASK_THREADS_READY_HOOK, cont);
+    }
+}
+
 unsafe extern "C" fn once_trampoline<H: TimerHandler>(
     cont: sys::TSCont,
     _event: sys::TSEvent,

@@ -123,6 +123,15 @@ impl Transform {
 
     /// Moves up to `max` bytes of input into `out`.
     pub fn read_input(self, out: &mut Vec<u8>, max: usize) -> InputRead {
+        let read = self.peek_input(out, max);
+        self.consume_input(read.bytes);
+        read
+    }
+
+    /// Copies up to `max` bytes of input into `out` without consuming them (see
+    /// [`Transform::consume_input`], [`Output::pass_input`]); `complete` says whether the input
+    /// will be complete once they are consumed.
+    pub fn peek_input(self, out: &mut Vec<u8>, max: usize) -> InputRead {
         // SAFETY: the transform is open (handler contract); the VIO, its buffer and reader are
         // ATS's; the block pointers are read within this call only.
         unsafe {
@@ -133,6 +142,7 @@ impl Transform {
             let todo = sys::TSVIONTodoGet(vio);
             let reader = sys::TSVIOReaderGet(vio);
             let want = todo.min(sys::TSIOBufferReaderAvail(reader)).min(max.min(i64::MAX as usize) as i64).max(0);
+            out.reserve(want as usize);
             let mut left = want;
             let mut block = sys::TSIOBufferReaderStart(reader);
             while left > 0 && !block.is_null() {
@@ -146,11 +156,26 @@ impl Transform {
                 block = sys::TSIOBufferBlockNext(block);
             }
             let got = want - left;
-            if got > 0 {
-                sys::TSIOBufferReaderConsume(reader, got);
-                sys::TSVIONDoneSet(vio, sys::TSVIONDoneGet(vio) + got);
+            InputRead { bytes: got as usize, complete: todo - got <= 0, no_buffer: false }
+        }
+    }
+
+    /// Consumes `n` bytes of input (at most what [`Transform::peek_input`] saw).
+    pub fn consume_input(self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        // SAFETY: the transform is open (handler contract); n bytes are available in the
+        // reader (peeked in this event), so the VIO and its reader exist.
+        unsafe {
+            let vio = sys::TSVConnWriteVIOGet(self.0);
+            if vio.is_null() || sys::TSVIOBufferGet(vio).is_null() {
+                return;
             }
-            InputRead { bytes: got as usize, complete: sys::TSVIONTodoGet(vio) <= 0, no_buffer: false }
+            let reader = sys::TSVIOReaderGet(vio);
+            let n = (n.min(i64::MAX as usize) as i64).min(sys::TSIOBufferReaderAvail(reader));
+            sys::TSIOBufferReaderConsume(reader, n);
+            sys::TSVIONDoneSet(vio, sys::TSVIONDoneGet(vio) + n);
         }
     }
 
@@ -196,6 +221,27 @@ impl Output {
             // SAFETY: buf is our live buffer; bytes is valid for its length (copied by ATS).
             unsafe { sys::TSIOBufferWrite(self.buf, bytes.as_ptr() as *const c_void, bytes.len() as i64) };
         }
+    }
+
+    /// Appends the next `n` bytes of `t`'s input to the output without copying them (ATS's
+    /// buffer blocks are shared, `TSIOBufferCopy`), and consumes them from the input: the
+    /// pass-through of a chunk no filter changed. `t` must be the transform of this output.
+    pub fn pass_input(&mut self, t: Transform, n: usize) {
+        if n == 0 {
+            return;
+        }
+        // SAFETY: the transform is open (handler contract), so its input VIO and reader exist
+        // while it has a buffer; buf is our live buffer; TSIOBufferCopy references the blocks.
+        unsafe {
+            let vio = sys::TSVConnWriteVIOGet(t.0);
+            if vio.is_null() || sys::TSVIOBufferGet(vio).is_null() {
+                return;
+            }
+            let reader = sys::TSVIOReaderGet(vio);
+            let n = (n.min(i64::MAX as usize) as i64).min(sys::TSIOBufferReaderAvail(reader));
+            sys::TSIOBufferCopy(self.buf, reader, n, 0);
+        }
+        t.consume_input(n);
     }
 
     /// Declares the output complete at `total` bytes.

@@ -32,6 +32,8 @@ pub struct BodyBuffer {
     pub kind: Option<BufferType>,
     /// The bytes, as the guest may have changed them.
     pub bytes: Vec<u8>,
+    /// The guest wrote to the buffer (`proxy_set_buffer_bytes`).
+    pub edited: bool,
 }
 
 /// The ATS backend of one VM. Everything about a transaction lives in the transaction; the
@@ -89,12 +91,14 @@ impl AtsBackend {
 
     /// Lends `bytes` to the guest as the `kind` body buffer for the next callback.
     pub fn lend_body(&mut self, kind: BufferType, bytes: Vec<u8>) {
-        self.body = BodyBuffer { kind: Some(kind), bytes };
+        self.body = BodyBuffer { kind: Some(kind), bytes, edited: false };
     }
 
-    /// Takes the body buffer back after the callback (with the guest's changes).
-    pub fn take_body(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.body).bytes
+    /// Takes the body buffer back after the callback (with the guest's changes), and whether
+    /// the guest wrote to it.
+    pub fn take_body(&mut self) -> (Vec<u8>, bool) {
+        let b = std::mem::take(&mut self.body);
+        (b.bytes, b.edited)
     }
 
     fn body_for(&mut self, buffer: BufferType) -> HostResult<&mut Vec<u8>> {
@@ -415,6 +419,7 @@ impl Backend for AtsBackend {
             Err(_) => return Err(Status::BadArgument),
         };
         apply_edit(body, start, size, value);
+        self.body.edited = true;
         Ok(())
     }
 

@@ -1,9 +1,10 @@
 //! Request and response bodies through ATS transforms: `proxy_on_request_body`,
 //! `proxy_on_response_body`, the body buffers, and local responses from the response phase.
 //!
-//! A transform is installed only for transactions with a filter whose YAML says `bodies:
-//! request|response|both`, at `READ_REQUEST_HDR` once the request filters ran (a response
-//! transform then applies to origin responses and cache hits alike). Each transform runs the
+//! A transform is installed only for transactions with a filter that gets bodies (`bodies:
+//! request|response|both`, or `auto` for a module that exports the body callbacks), at
+//! `READ_REQUEST_HDR` once the request filters ran (a response transform then applies to origin
+//! responses and cache hits alike). Each transform runs the
 //! body through the filters that want it, in flow order — request: chain order; response:
 //! reverse chain order, like the header callbacks:
 //!
@@ -14,6 +15,8 @@
 //!   the next filter; `Pause` (the SDKs' `StopIterationAndBuffer`) keeps it: the next call
 //!   gets it plus the new chunk, so `body_size` grows, until `Continue` or the end (where a
 //!   `Pause` counts as `Continue`).
+//! - A response chunk every filter passed on as it came (`Continue`, nothing buffered, no
+//!   `proxy_set_buffer_bytes`) goes out as ATS's own buffer blocks, not copied.
 //! - A filter holding more than its `max_body_bytes` fails under its policy: `fail_open`
 //!   passes its bytes through unfiltered from then on; `fail_closed` aborts the transaction.
 //!
@@ -31,9 +34,13 @@
 #![forbid(unsafe_code)]
 
 mod dechunk;
+mod local;
 pub(super) mod state;
 
-use super::backend::PendingLocalResponse;
+use std::sync::Arc;
+
+use state::ResponseSignals;
+
 use super::chain::no_body;
 use super::generation::SharedChain;
 use super::pause;
@@ -62,6 +69,8 @@ pub(crate) struct Flow {
     /// The transaction's generation (`stages` index its filters); an `Arc`, since ATS may
     /// destroy a transform where the transaction's thread-local handle must not go.
     generation: SharedChain,
+    /// Response transforms: shared with the transaction's hooks.
+    signals: Arc<ResponseSignals>,
     direction: Direction,
     stages: Vec<Stage>,
     output: Option<Output>,
@@ -103,10 +112,6 @@ fn content_length(h: &crate::ts::headers::HeaderMap) -> Option<u64> {
     }
     std::str::from_utf8(&v).ok()?.trim().parse().ok()
 }
-
-/// Response fields a local response keeps from ATS's response: the framing ATS chose and the
-/// fields it always sends.
-const LOCAL_KEEPS: [&[u8]; 3] = [b"transfer-encoding", b"connection", b"date"];
 
 impl Plugin {
     /// Installs the transaction's body transforms (once, when the request phase is complete):
@@ -175,6 +180,7 @@ impl Plugin {
         }
         if !response.is_empty() {
             let flow = Flow::new(txn, &generation, Direction::Response, &response, 0);
+            state.bodies.signals = Some(Arc::clone(&flow.signals));
             state.bodies.response = Transform::create::<BodyTransform>(txn, Direction::Response, flow);
             let cache_transformed = response.iter().any(|&f| generation.filter(f).cache_transformed);
             transform::cache_transformed(txn, cache_transformed);
@@ -194,53 +200,31 @@ impl Plugin {
 
     /// The response header callbacks are done: let the response transform run body callbacks.
     pub(super) fn response_headers_done(state: &mut TxnState) {
-        state.bodies.response_headers_done = true;
-        if state.bodies.response_output_open
+        let Some(signals) = &state.bodies.signals else { return };
+        signals.set_headers_done();
+        if signals.output_open()
             && let Some(t) = state.bodies.response
         {
             t.wake();
         }
     }
 
-    /// A filter sent a local response from `proxy_on_response_headers` (a response transform
-    /// exists): the client gets exactly its status, headers and body.
-    pub(super) fn apply_response_local(txn: Txn, state: &mut TxnState, local: PendingLocalResponse) {
-        if let Some(h) = txn.client_response() {
-            let mut names = Vec::new();
-            h.for_each(&mut |k, _| {
-                if !LOCAL_KEEPS.iter().any(|keep| keep.eq_ignore_ascii_case(k))
-                    && !names.iter().any(|n: &Vec<u8>| n.eq_ignore_ascii_case(k))
-                {
-                    names.push(k.to_vec());
-                }
-            });
-            for n in names {
-                h.remove(&n);
-            }
-            h.set_status(local.status);
-            match (&local.content_type[..], local.body.is_empty()) {
-                (b"", true) => {}
-                (b"", false) => {
-                    h.add(b"content-type", b"text/plain");
-                }
-                (t, _) => {
-                    h.add(b"content-type", t);
-                }
-            }
-            for (k, v) in &local.headers {
-                h.add(k, v);
-            }
-        }
-        state.bodies.local_body = Some(local.body);
-    }
-
     /// One event of a body transform: moves what input there is through the filters.
     fn body_event(&self, t: Transform, flow: &mut Flow) -> Upstream {
+        if flow.direction == Direction::Response && !flow.signals.headers_done() {
+            if flow.output.is_none() {
+                // Opening the output lets ATS send the response headers: SEND_RESPONSE_HDR runs
+                // the header callbacks, then wakes this transform for the body.
+                flow.output = Some(t.open_output(None));
+                flow.signals.set_output_open();
+            }
+            return Upstream::Quiet;
+        }
         let Some(mut state) = self.slot.take(flow.txn) else {
             // No filter state (cannot happen while the transaction is alive): drain unfiltered.
             flow.stages.iter_mut().for_each(|s| s.passthrough = true);
+            flow.signals.set_headers_done();
             let mut empty = TxnState::new(flow.generation.to_chain());
-            empty.bodies.response_headers_done = true;
             return self.body_step(t, flow, &mut empty);
         };
         let r = self.body_step(t, flow, &mut state);
@@ -249,19 +233,18 @@ impl Plugin {
     }
 
     fn body_step(&self, t: Transform, flow: &mut Flow, state: &mut TxnState) -> Upstream {
-        if flow.direction == Direction::Response {
-            if flow.output.is_none() {
-                // Opening the output lets ATS send the response headers: SEND_RESPONSE_HDR runs
-                // the header callbacks, then wakes this transform for the body.
-                flow.output = Some(t.open_output(None));
-                state.bodies.response_output_open = true;
-            }
-            if !state.bodies.response_headers_done {
-                return Upstream::Quiet;
-            }
+        if flow.direction == Direction::Response && flow.output.is_none() {
+            flow.output = Some(t.open_output(None));
+            flow.signals.set_output_open();
         }
         let mut chunk = Vec::new();
-        let input = t.read_input(&mut chunk, usize::MAX);
+        // Response input is consumed once the filters are done with it: a chunk none of them
+        // changed goes out as ATS's own buffer blocks, uncopied.
+        let input = match flow.direction {
+            Direction::Response => t.peek_input(&mut chunk, usize::MAX),
+            Direction::Request => t.read_input(&mut chunk, usize::MAX),
+        };
+        let peeked = if flow.direction == Direction::Response { input.bytes } else { 0 };
         if let Some(d) = flow.dechunk.as_mut() {
             let mut decoded = Vec::with_capacity(chunk.len());
             if d.feed(&chunk, &mut decoded).is_err() {
@@ -282,11 +265,13 @@ impl Plugin {
             Upstream::Quiet
         };
         if flow.finished {
+            t.consume_input(peeked);
             return consumed;
         }
         if let Some(body) = state.bodies.local_body.take()
             && let Some(out) = flow.output.as_mut()
         {
+            t.consume_input(peeked);
             // A local response from the response phase: its body, whatever the input.
             out.write(&body);
             out.finish(body.len() as u64);
@@ -295,22 +280,32 @@ impl Plugin {
             return consumed;
         }
         flow.seen_input |= !chunk.is_empty();
-        let data = if !chunk.is_empty() || (complete && flow.seen_input) {
+        let (data, untouched) = if !chunk.is_empty() || (complete && flow.seen_input) {
             match self.run_body_chain(flow, state, chunk, complete) {
                 Ok(d) => d,
                 Err(()) => {
+                    t.consume_input(peeked);
                     flow.finished = true;
                     t.abort_output();
                     return Upstream::Quiet;
                 }
             }
         } else {
-            Vec::new()
+            (Vec::new(), true)
         };
         match flow.direction {
             Direction::Response => {
-                let Some(out) = flow.output.as_mut() else { return consumed };
-                out.write(&data);
+                let Some(out) = flow.output.as_mut() else {
+                    t.consume_input(peeked);
+                    return consumed;
+                };
+                if untouched && data.len() == peeked {
+                    // Every filter passed the chunk on as it came: ATS's blocks go out as they are.
+                    out.pass_input(t, peeked);
+                } else {
+                    t.consume_input(peeked);
+                    out.write(&data);
+                }
                 flow.written += data.len() as u64;
                 if complete {
                     out.finish(flow.written);
@@ -348,10 +343,17 @@ impl Plugin {
         consumed
     }
 
-    /// Runs `chunk` through the flow's filters; returns what comes out of the last one, or
-    /// `Err` when the transaction must be aborted (a fail-closed failure, or a local response
-    /// after the headers were sent).
-    fn run_body_chain(&self, flow: &mut Flow, state: &mut TxnState, chunk: Vec<u8>, eos: bool) -> Result<Vec<u8>, ()> {
+    /// Runs `chunk` through the flow's filters; returns what comes out of the last one and
+    /// whether that is `chunk` untouched (every filter passed exactly what it was given, with
+    /// no buffered bytes and no edit), or `Err` when the transaction must be aborted (a
+    /// fail-closed failure, or a local response after the headers were sent).
+    fn run_body_chain(
+        &self,
+        flow: &mut Flow,
+        state: &mut TxnState,
+        chunk: Vec<u8>,
+        eos: bool,
+    ) -> Result<(Vec<u8>, bool), ()> {
         let (kind, phase, what) = match flow.direction {
             Direction::Request => (BufferType::HttpRequestBody, Phase::RequestBody, "proxy_on_request_body"),
             Direction::Response => (BufferType::HttpResponseBody, Phase::ResponseBody, "proxy_on_response_body"),
@@ -361,16 +363,18 @@ impl Plugin {
         let generation = flow.generation.clone();
         let stream = TxnStream { txn, phase };
         let mut data = chunk;
+        let mut untouched = true;
         for stage in &mut flow.stages {
             if stage.passthrough {
                 continue;
             }
             if data.is_empty() && !eos {
                 // An earlier filter buffered everything: nothing reaches the later ones now.
-                return Ok(data);
+                return Ok((data, false));
             }
             let f = generation.filter(stage.filter);
             let mut buf = std::mem::take(&mut stage.buf);
+            untouched &= buf.is_empty();
             if buf.is_empty() {
                 buf = data;
             } else {
@@ -384,6 +388,7 @@ impl Plugin {
                     return Err(());
                 }
                 data = buf;
+                untouched = false;
                 continue;
             }
             let Some(pos) = state.contexts.iter().position(|c| c.filter == stage.filter) else {
@@ -403,7 +408,9 @@ impl Plugin {
                     Direction::Response => guest::on_response_body(vm, ctx, len, eos),
                 };
                 let backend = &mut vm.store.data_mut().backend;
-                (action, backend.take_body(), backend.take_outbox())
+                let (bytes, edited) = backend.take_body();
+                untouched &= !edited;
+                (action, bytes, backend.take_outbox())
             });
             let r = r.map(|(action, bytes, outbox)| {
                 let asked = self.settle(Some(txn), outbox);
@@ -429,6 +436,7 @@ impl Plugin {
                     if action == Action::Pause && !eos {
                         stage.buf = bytes;
                         data = Vec::new();
+                        untouched = false;
                     } else {
                         data = bytes;
                     }
@@ -441,6 +449,7 @@ impl Plugin {
                     }
                     // Fail open: the bytes as the failed callback left them go on.
                     data = bytes;
+                    untouched = false;
                 }
                 Err(e) => {
                     let fc = state.contexts.remove(pos);
@@ -450,10 +459,11 @@ impl Plugin {
                         return Err(());
                     }
                     data = lent.take().unwrap_or_default();
+                    untouched = false;
                 }
             }
         }
-        Ok(data)
+        Ok((data, untouched))
     }
 }
 
@@ -462,6 +472,7 @@ impl Flow {
         Flow {
             txn,
             generation: generation.clone(),
+            signals: Arc::default(),
             direction,
             stages: filters.iter().map(|&filter| Stage { filter, buf: Vec::new(), passthrough: false }).collect(),
             output: None,

@@ -1,7 +1,38 @@
 //! The body side of a transaction's state (kept in the transaction's state by the plugin).
 #![forbid(unsafe_code)]
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::ts::transform::Transform;
+
+/// What the response transform and the transaction's hooks tell each other; shared with the
+/// transform's state, which ATS may destroy on another thread (hence atomics).
+#[derive(Debug, Default)]
+pub(crate) struct ResponseSignals {
+    /// The response header callbacks are done: body callbacks may run.
+    headers_done: AtomicBool,
+    /// The response transform opened its output (ATS is sending the headers).
+    output_open: AtomicBool,
+}
+
+impl ResponseSignals {
+    pub(super) fn headers_done(&self) -> bool {
+        self.headers_done.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_headers_done(&self) {
+        self.headers_done.store(true, Ordering::Release);
+    }
+
+    pub(super) fn output_open(&self) -> bool {
+        self.output_open.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_output_open(&self) {
+        self.output_open.store(true, Ordering::Release);
+    }
+}
 
 /// The body side of a transaction's state.
 #[derive(Default)]
@@ -10,10 +41,8 @@ pub(crate) struct TxnBodies {
     pub(super) installed: bool,
     /// The response transform, if any.
     pub(super) response: Option<Transform>,
-    /// The response header callbacks are done: body callbacks may run.
-    pub(super) response_headers_done: bool,
-    /// The response transform opened its output (ATS is sending the headers).
-    pub(super) response_output_open: bool,
+    /// Shared with the response transform, if there is one (see [`ResponseSignals`]).
+    pub(super) signals: Option<Arc<ResponseSignals>>,
     /// A local response from the response phase: its body replaces the response body.
     pub(super) local_body: Option<Vec<u8>>,
 }
