@@ -28,7 +28,7 @@
 #   TRAP_EVERY [50]     1 in N requests makes oob-trap trap (0: none)
 #   LOOP_EVERY [200]    1 in N requests makes oob-trap loop to its deadline (0: none)
 #   OUT                 also write the output to this file (`make soak` writes
-#                       benches/results/soak-latest.txt)
+#                       benches/results/soak.md)
 #   KEEP_TMP=1          keep the runroots (diags.log) and the nginx prefix
 set -euo pipefail
 
