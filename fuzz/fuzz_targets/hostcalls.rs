@@ -77,7 +77,8 @@ const CALLS: &[(&str, &str)] = &[
 ];
 
 /// The spec's statuses as a bit set: 0–4, 6–8, 10, 12.
-const STATUS_SET: u32 = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 12);
+const STATUS_SET: u32 =
+    (1 << 0) | (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 12);
 
 /// Guest memory layout: return slots below 1024, the program from 1024, the fuzzer's data
 /// from 16384, the guest heap (its `malloc`) from 65536.
