@@ -12,7 +12,7 @@ APT_PACKAGES := trafficserver trafficserver-dev libclang-dev rustc-web cargo-web
 	rust-web-src rust-web-llvm lld-22 wasi-libc clang-22 libclang-rt-22-dev-wasm32 \
 	libc++-22-dev-wasm32 curl openssl python3 make prometheus
 
-.PHONY: all deps build plugin examples test lint demo clean bench bench-instructions native-plugin deb deb-pack
+.PHONY: all deps build plugin examples test lint demo clean bench bench-instructions native-plugin deb deb-pack soak fuzz
 
 all: build
 
@@ -58,6 +58,17 @@ bench: deps build native-plugin
 # rebuilding: PLUGIN=/path/to/libats_wasm.so benches/instructions.sh
 bench-instructions: deps build native-plugin
 	benches/instructions.sh
+
+# Soak (benches/README.md#soak): MINUTES (10) of keep-alive load through a chain of example
+# filters in both isolations, with traps, loops, HTTP calls, body rewrites and a reload every
+# 30 s; per-minute rows and a verdict (exit status). Writes benches/results/soak.md.
+soak: deps build
+	OUT=benches/results/soak.md benches/soak.sh
+
+# The fuzz targets (fuzz/README.md), FUZZ_SECONDS (50) each; what .ci/run runs after the tests.
+FUZZ_SECONDS ?= 50
+fuzz: build
+	CARGO=$(CARGO) fuzz/run.sh $(FUZZ_SECONDS)
 
 # The native plugin the benchmarks compare against (benches/native-plugin).
 native-plugin:

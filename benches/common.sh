@@ -53,7 +53,8 @@ ats_version() { traffic_server --version 2>&1 | awk '/^Traffic Server/ {print $3
 # start_origin: nginx (Debian's nginx-light, 1 worker, a non-daemon child in its own process
 # group, prefixed by the ${nginx_pin[@]} command if set) on a free loopback port $origin_port,
 # serving one object of OBJECT_BYTES as /cached (max-age=3600) and /uncached (no-store), plus
-# /verify (echoes the x-added-by request header) and /status (nginx's request counter).
+# /verify (echoes the x-added-by request header) and /status (nginx's request counter), plus
+# whatever nginx directives $origin_extra holds (more locations; benches/soak.sh sets it).
 # Its files live in $ng ($tmp/nginx).
 start_origin() {
   origin_port=$(free_port)
@@ -85,6 +86,7 @@ http {
     location = /verify   { add_header Cache-Control "no-store"; return 200 "x-added-by=\$http_x_added_by\n"; }
     # How many requests the origin has served (cache hits must not reach it).
     location = /status   { stub_status; }
+${origin_extra:-}
   }
 }
 NGINX
