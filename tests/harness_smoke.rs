@@ -247,7 +247,8 @@ fn bad_plugin_line_fails_start_with_logs() {
         Ok(_) => panic!("ATS started with a missing plugin"),
         Err(e) => e,
     };
-    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    // Not a speed check: a failed start must not hang (12 s were seen on a loaded machine).
+    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
     assert!(err.contains("traffic_server exited"), "{err}");
     assert!(err.contains("/nonexistent/libnothing.so"), "{err}");
     assert!(err.contains("--- diags.log ---"), "{err}");
