@@ -21,8 +21,7 @@ use super::filter::Filter;
 use super::telemetry::GENERATIONS;
 use crate::ts::log;
 
-/// The scope label of the global filters (`plugin.config`).
-pub(crate) const GLOBAL_SCOPE: &str = "global";
+pub(crate) use super::telemetry::GLOBAL_SCOPE;
 
 /// One configuration's filters, built and proven to start; never changed once published.
 /// The global filters form one (replaced by reloads); each remap rule's instance holds one of

@@ -157,6 +157,10 @@ impl Default for Exporter {
     }
 }
 
+/// The `scope` label of the global filters (`plugin.config`); a remap rule's filters have
+/// `remap:<from URL>`.
+pub const GLOBAL_SCOPE: &str = "global";
+
 /// One filter's counters: Prometheus handles (when the endpoint is on) and ATS stats.
 pub struct FilterMetrics {
     pub(super) timer: Option<Arc<HookTimer>>,
@@ -251,7 +255,7 @@ impl FilterMetrics {
     /// with an exporter, its Prometheus handles (labelled `filter` and `scope`). A rule's
     /// filter's ATS stats are named after the scope too.
     pub fn new(name: &str, scope: &str, exporter: Option<&Exporter>) -> Arc<Self> {
-        let stat_prefix = if scope == "global" { name.to_string() } else { format!("{scope}.{name}") };
+        let stat_prefix = if scope == GLOBAL_SCOPE { name.to_string() } else { format!("{scope}.{name}") };
         let stat = |s: &str| {
             let n = ats_stat_name(&stat_prefix, s);
             let st = Stat::create(&n);

@@ -39,7 +39,7 @@ use crate::ts::log;
 
 pub use counters::{
     CALLBACK_FAILURES, Exporter, FAILURE_LINES_PER_MINUTE, FAILURE_OUTCOMES, FailureReason, FilterMetrics,
-    FilterSnapshot, HTTP_CALLS_REFUSED, REJECTED_WRITES, SUMMARY_INTERVAL, ats_stat_name,
+    FilterSnapshot, GLOBAL_SCOPE, HTTP_CALLS_REFUSED, REJECTED_WRITES, SUMMARY_INTERVAL, ats_stat_name,
 };
 pub use endpoint::prepare;
 pub use reloads::{GENERATIONS, GenerationCounters, render_generations};
