@@ -128,7 +128,9 @@ impl Filter {
             .then(|| VmPool::with_config(template.clone(), PoolConfig::new(PoolIsolation::Shared, 1)));
         let template = match isolation {
             PoolIsolation::Transaction if cfg.snapshot => {
-                snapshot_or_not(&cfg.name, engine, &bytes, move || new_state(), init_ticks, template.clone())
+                // Recorded once at load, like the probe: the start-up deadline.
+                let ticks = engine.ticks_for(Duration::from_millis(args.init_deadline_ms));
+                snapshot_or_not(&cfg.name, engine, &bytes, move || new_state(), ticks, template.clone())
             }
             _ => template,
         };
