@@ -179,7 +179,7 @@ fn initializer_log_lines_shared_data_and_queues_are_replayed_in_each_snapshot_vm
         assert_eq!(st.backend.logs.len(), 1, "the initializer's log line, once per VM");
         assert_eq!(st.tick_period(), Some(std::time::Duration::from_millis(250)));
         let mut out = Vec::new();
-        assert_eq!(st.shared.get("", b"k", &mut out).is_ok(), true);
+        assert!(st.shared.get("", b"k", &mut out).is_ok());
         assert_eq!(out, b"configured");
         // The queue belongs to the newest VM.
         let target = st.shared.enqueue(1, b"x").expect("queue registered");
