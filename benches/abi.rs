@@ -7,6 +7,11 @@
 //! - `host_call/<function>`: the round trip of one host call from guest code (a hand-written
 //!   module calls the function 1,000 times from one callback; criterion reports per call).
 //!
+//! - `fresh_vm/<module>/{initializer,snapshot}`: one `transaction`-isolation VM made ready
+//!   and dropped — instantiated and initialized (`_initialize`, `proxy_on_vm_start`,
+//!   `proxy_on_configure`), or instantiated from a snapshot of an initialized VM and restored
+//!   without guest code.
+//!
 //! The modules come from `examples/build.sh` (`make build`).
 
 use std::hint::black_box;
@@ -15,9 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ats_wasm::abi::guest::{self, ProxyVm};
+use ats_wasm::abi::snapshot::snapshot_template;
 use ats_wasm::abi::testing::MemoryBackend;
 use ats_wasm::abi::{BufferType, HostState, LogLevel, MapType, PluginInfo, linker_for};
-use ats_wasm_pool::{EngineOptions, Vm, new_engine};
+use ats_wasm_pool::{EngineOptions, Vm, VmTemplate, new_engine};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use wasmtime::{Engine, Module, Store};
 
@@ -166,6 +172,33 @@ fn host_calls(c: &mut Criterion, engine: &Engine) {
     g.finish();
 }
 
+fn fresh_vms(c: &mut Criterion, engine: &Engine) {
+    let mut g = c.benchmark_group("fresh_vm");
+    let config =
+        r#"{"request_headers": {"x-added-by": "ats-wasm"}, "response_headers": {"x-wasm-filter": "add-headers"}}"#;
+    for (name, file) in [("add-headers", "add_headers.wasm"), ("c-headers", "c_headers.wasm")] {
+        let wasm = std::fs::read(module_path(file)).expect("examples/build.sh");
+        let info = Arc::new(PluginInfo {
+            name: "bench".into(),
+            root_id: "add-headers".into(),
+            plugin_configuration: config.as_bytes().to_vec(),
+            callback_deadline_ticks: 1 << 30,
+            ..PluginInfo::default()
+        });
+        let state = move || HostState::new(MemoryBackend::default(), info.clone());
+        let module = Module::new(engine, &wasm).expect("module compiles");
+        let pre = linker_for::<MemoryBackend>(&module).and_then(|l| l.instantiate_pre(&module)).expect("links");
+        let fresh = VmTemplate::new(pre, state.clone(), guest::initialize, 1 << 30);
+        let snap = snapshot_template(engine, &wasm, state, 1 << 30).expect("snapshotted");
+        for (kind, t) in [("initializer", fresh), ("snapshot", snap)] {
+            g.bench_function(BenchmarkId::new(name, kind), |b| {
+                b.iter(|| drop(black_box(t.instantiate().expect("VM"))))
+            });
+        }
+    }
+    g.finish();
+}
+
 fn main() {
     let engine = new_engine(&EngineOptions::default()).expect("engine");
     let mut c = Criterion::default()
@@ -175,5 +208,6 @@ fn main() {
         .configure_from_args();
     hook_dispatch(&mut c, &engine);
     host_calls(&mut c, &engine);
+    fresh_vms(&mut c, &engine);
     c.final_summary();
 }

@@ -10,6 +10,8 @@
 //! - [`VmTemplate`]: a module pre-linked into an [`wasmtime::InstancePre`] (no import
 //!   resolution per VM), plus the host state factory and the initializer that makes a fresh
 //!   instance ready;
+//! - [`Instrumented`]: snapshots of initialized VMs (`wasmtime-wizer`), so a fresh VM starts
+//!   initialized without running guest code;
 //! - [`VmPool`]: per-module pools with one pool per thread (a `thread_local::ThreadLocal`), in
 //!   one of two [`Isolation`] modes, handing out [`LeasedVm`]s without locks on the owning
 //!   thread, with poisoning, off-path refill, cross-thread returns and counters.
@@ -26,9 +28,11 @@
 mod cache;
 mod engine;
 mod pool;
+mod snapshot;
 mod template;
 
 pub use cache::{CacheOutcome, CompiledModule, ModuleCompiler, WASMTIME_VERSION};
 pub use engine::{EngineError, EngineOptions, EpochTicker, WasmEngine, new_engine};
 pub use pool::{Isolation, LeasedVm, PoolConfig, PoolError, PoolStats, Refill, ThreadId, ThreadStats, VmPool, VmRef};
+pub use snapshot::Instrumented;
 pub use template::{Vm, VmTemplate};

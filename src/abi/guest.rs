@@ -12,7 +12,7 @@ use wasmtime::Store;
 use ats_wasm_pool::Vm;
 
 use super::backend::Backend;
-use super::exports::{Callable, GuestExports, HeadersFn, Lazy, abi_version, typed};
+use super::exports::{AbiVersion, Callable, GuestExports, HeadersFn, Lazy, abi_version, typed};
 use super::observe::Callback;
 use super::state::{ContextKind, HostState, HttpCallResponse, register_context};
 use super::types::{Action, PeerType};
@@ -66,23 +66,8 @@ pub fn initialize<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<()> {
 /// [`initialize`]'s steps; `step` names the one running. `Ok(false)`: `proxy_on_vm_start` or
 /// `proxy_on_configure` answered `false`.
 fn initialize_steps<B: Backend>(vm: &mut ProxyVm<B>, step: &mut &'static str) -> wasmtime::Result<bool> {
+    let (version, exports) = setup(vm)?;
     let (store, instance) = (&mut vm.store, vm.instance);
-    let version = abi_version(instance.module(&*store)).map_err(wasmtime::Error::msg)?;
-    let memory = instance.get_memory(&mut *store, "memory").ok_or_else(|| wasmtime::Error::msg("no memory export"))?;
-    let allocator = match typed::<_, i32, i32>(store, &instance, "proxy_on_memory_allocate")? {
-        Some(f) => Some(f),
-        None => typed(store, &instance, "malloc")?,
-    };
-    let exports = Arc::new(GuestExports::new(version));
-    {
-        let st = store.data_mut();
-        st.abi = Some(version);
-        st.instance = Some(instance);
-        st.memory = Some(memory);
-        st.allocator = allocator.map(Arc::new);
-        st.exports = Arc::clone(&exports);
-    }
-
     if let Some(init) = typed::<_, (), ()>(store, &instance, "_initialize")? {
         *step = "_initialize";
         init.call(&mut *store, ())?;
@@ -127,6 +112,26 @@ fn initialize_steps<B: Backend>(vm: &mut ProxyVm<B>, step: &mut &'static str) ->
         }
     }
     Ok(true)
+}
+
+/// The `setup` step: finds the VM's ABI version, memory, allocator and callbacks and keeps them
+/// in its host state (also for VMs made from a snapshot: [`super::snapshot::restore`]).
+pub(crate) fn setup<B: Backend>(vm: &mut ProxyVm<B>) -> wasmtime::Result<(AbiVersion, Arc<GuestExports>)> {
+    let (store, instance) = (&mut vm.store, vm.instance);
+    let version = abi_version(instance.module(&*store)).map_err(wasmtime::Error::msg)?;
+    let memory = instance.get_memory(&mut *store, "memory").ok_or_else(|| wasmtime::Error::msg("no memory export"))?;
+    let allocator = match typed::<_, i32, i32>(store, &instance, "proxy_on_memory_allocate")? {
+        Some(f) => Some(f),
+        None => typed(store, &instance, "malloc")?,
+    };
+    let exports = Arc::new(GuestExports::new(version));
+    let st = store.data_mut();
+    st.abi = Some(version);
+    st.instance = Some(instance);
+    st.memory = Some(memory);
+    st.allocator = allocator.map(Arc::new);
+    st.exports = Arc::clone(&exports);
+    Ok((version, exports))
 }
 
 /// Runs `f` (one guest callback) between the filter's observer's `start` and `finish`, when it

@@ -12,11 +12,13 @@
 //!    ranges and edits), [`guest_metrics`] (the process-wide registry of the guests' metrics),
 //!    [`backend`] (the proxy side) — on `types`;
 //! 3. [`properties`] (property paths and value encodings; on `serialization`), [`shared`]
-//!    (process-wide shared data and queues; on `backend`), [`testing`] (an in-memory backend);
+//!    (process-wide shared data and queues; on `backend`), [`testing`] (an in-memory backend),
+//!    [`journal`] (what an initializer recorded for a snapshot did; on `types`);
 //! 4. [`state`] (per-VM host state; on `backend`, `capabilities`, `exports`, `guest_metrics`,
-//!    `observe`, `shared`);
+//!    `journal`, `observe`, `shared`);
 //! 5. [`hostcalls`] (the functions the guest imports, WASI included) and [`guest`] (VM
-//!    initialization and callbacks into the guest) — on `state` and below, not on each other.
+//!    initialization and callbacks into the guest) — on `state` and below, not on each other;
+//! 6. [`snapshot`] (VMs that start from a snapshot of an initialized VM; on `guest`, `hostcalls`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -28,11 +30,13 @@ pub mod exports;
 pub mod guest;
 pub mod guest_metrics;
 pub mod hostcalls;
+pub mod journal;
 pub mod memory;
 pub mod observe;
 pub mod properties;
 pub mod serialization;
 pub mod shared;
+pub mod snapshot;
 pub mod state;
 pub mod testing;
 pub mod types;

@@ -168,6 +168,9 @@ pub struct HostState<B: Backend> {
     /// Whether a `memory.grow` was refused during the current callback (the store's resource
     /// limiter, installed by initialization).
     pub(crate) grow_watch: GrowWatch,
+    /// Set while an initializer runs on the VM a snapshot is taken of: what it did through host
+    /// calls (see `abi::snapshot`).
+    pub(crate) journal: Option<Box<super::journal::InitJournal>>,
 }
 
 /// The store's resource limiter: it allows what the engine allows (the memory cap is the
@@ -244,6 +247,7 @@ impl<B: Backend> HostState<B> {
             scratch2: Vec::new(),
             exit_code: None,
             grow_watch: GrowWatch::default(),
+            journal: None,
         }
     }
 

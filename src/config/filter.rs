@@ -103,6 +103,9 @@ pub struct FilterConfig {
     /// `config.cache_transformed` (default false): whether a response the filter's transform
     /// changed replaces the cached original.
     pub cache_transformed: bool,
+    /// `config.snapshot` (default true): in `transaction` isolation, whether fresh VMs start
+    /// from a snapshot of an initialized VM instead of running the initializer each time.
+    pub snapshot: bool,
     /// `config.capability_restriction_config.allowed_capabilities`, when given.
     pub allowed_capabilities: Option<Vec<String>>,
     /// `vm_config.runtime`, as written (ats-wasm always runs wasmtime).
@@ -293,6 +296,7 @@ pub fn parse_filter(
         }
     };
     let cache_transformed = boolean(&config.cache_transformed, "config", "cache_transformed")?.unwrap_or(false);
+    let snapshot = boolean(&config.snapshot, "config", "snapshot")?.unwrap_or(true);
     let mut upstreams = Vec::new();
     if let Some((m, at)) = map(&config.upstreams, "config", "upstreams")? {
         for (name, node) in &m.fields.0 {
@@ -319,6 +323,7 @@ pub fn parse_filter(
         bodies,
         max_body_bytes,
         cache_transformed,
+        snapshot,
         allowed_capabilities,
         runtime: string(&vm.runtime, &vm_at, "runtime")?,
         vm_id: string(&vm.vm_id, &vm_at, "vm_id")?.unwrap_or_default(),

@@ -39,6 +39,7 @@ pub(super) struct Config {
     pub bodies: Field<Node>,
     pub max_body_bytes: Field<Node>,
     pub cache_transformed: Field<Node>,
+    pub snapshot: Field<Node>,
 }
 
 /// `config.capability_restriction_config:`.

@@ -109,17 +109,14 @@ impl Filter {
         };
         let upstreams: Arc<[(String, crate::config::Upstream)]> = cfg.upstreams.clone().into();
         let filter_metrics = metrics.clone();
-        let template = VmTemplate::new(
-            pre,
-            move || {
-                let mut st = HostState::new(AtsBackend::new(upstreams.clone(), filter_metrics.clone()), info.clone());
-                let uid = st.vm_uid();
-                st.backend.set_vm(uid);
-                st
-            },
-            guest::initialize,
-            init_ticks,
-        );
+        let new_state = Arc::new(move || {
+            let mut st = HostState::new(AtsBackend::new(upstreams.clone(), filter_metrics.clone()), info.clone());
+            let uid = st.vm_uid();
+            st.backend.set_vm(uid);
+            st
+        });
+        let state = new_state.clone();
+        let template = VmTemplate::new(pre, move || state(), guest::initialize, init_ticks);
         // Prove the module starts before taking traffic.
         let probe = template.instantiate().map_err(|e| {
             let why = super::failure::init_failure(&e, args.max_memory_bytes);
@@ -129,6 +126,14 @@ impl Filter {
         drop(probe);
         let tick_pool = (tick_period.is_some() && isolation == PoolIsolation::Transaction)
             .then(|| VmPool::with_config(template.clone(), PoolConfig::new(PoolIsolation::Shared, 1)));
+        let template = match isolation {
+            PoolIsolation::Transaction if cfg.snapshot => {
+                // Recorded once at load, like the probe: the start-up deadline.
+                let ticks = engine.ticks_for(Duration::from_millis(args.init_deadline_ms));
+                snapshot_or_not(&cfg.name, engine, &bytes, move || new_state(), ticks, template.clone())
+            }
+            _ => template,
+        };
         let pool = VmPool::with_config(template, PoolConfig::new(isolation, pool_size));
         Ok(Filter {
             name: cfg.name,
@@ -175,5 +180,34 @@ impl Filter {
     /// isolation).
     pub(crate) fn owns_vms(&self) -> bool {
         self.pool.config().isolation == PoolIsolation::Transaction
+    }
+}
+
+/// The template of a `transaction`-isolation filter's VMs: one whose VMs start from a snapshot
+/// of an initialized VM (one NOTE line), or, when the module cannot be snapshotted, `fallback`
+/// (its VMs run the initializer; one NOTE line saying why).
+fn snapshot_or_not(
+    name: &str,
+    engine: &WasmEngine,
+    bytes: &[u8],
+    new_state: impl Fn() -> HostState<AtsBackend> + Send + Sync + 'static,
+    init_ticks: u64,
+    fallback: Arc<VmTemplate<HostState<AtsBackend>>>,
+) -> Arc<VmTemplate<HostState<AtsBackend>>> {
+    match crate::abi::snapshot::snapshot_template(engine.engine(), bytes, new_state, init_ticks) {
+        Ok(t) => {
+            log::note(
+                format!("ats_wasm: filter \"{name}\": transaction VMs start from a snapshot of an initialized VM")
+                    .as_bytes(),
+            );
+            t
+        }
+        Err(why) => {
+            let why = one_line(&why);
+            log::note(
+                format!("ats_wasm: filter \"{name}\": transaction VMs run the initializer each time: {why}").as_bytes(),
+            );
+            fallback
+        }
     }
 }

@@ -41,9 +41,13 @@ impl<B: Backend> Registrar<'_, B> {
 }
 
 /// Whether host function `name` is refused by the filter's `allowed_capabilities`; the first
-/// refusal per filter and function is logged.
+/// refusal per filter and function is logged. While an initializer is recorded for a snapshot,
+/// the call is noted in its journal (see [`crate::abi::snapshot`]).
 fn denied<B: Backend>(c: &mut Ctx<'_, B>, name: &'static str) -> bool {
     let st = c.data_mut();
+    if let Some(j) = st.journal.as_mut() {
+        j.note(name);
+    }
     if st.capabilities.allows(name) {
         return false;
     }

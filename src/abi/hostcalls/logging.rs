@@ -17,6 +17,9 @@ pub(super) fn proxy_log<B: Backend>(c: &mut Ctx<'_, B>, level: i32, ptr: i32, le
     let memory = memory(c)?;
     let (mem, st) = memory.data_and_store_mut(&mut *c);
     let msg = slice(mem, ptr, len)?;
+    if let Some(j) = st.journal.as_mut() {
+        j.logs.push((level, msg.to_vec()));
+    }
     if level >= st.backend.log_level() {
         st.backend.log(&st.plugin.name, level, msg);
     }

@@ -33,6 +33,9 @@ pub(super) fn proxy_define_metric<B: Backend>(
 #[inline]
 pub(super) fn proxy_increment_metric<B: Backend>(c: &mut Ctx<'_, B>, id: i32, delta: i64) -> HostCallResult {
     c.data().metrics.increment(id as u32, delta)?;
+    if let Some(j) = c.data_mut().journal.as_mut() {
+        j.metric_updates.push((id as u32, delta, true));
+    }
     Ok(())
 }
 
@@ -40,6 +43,9 @@ pub(super) fn proxy_increment_metric<B: Backend>(c: &mut Ctx<'_, B>, id: i32, de
 #[inline]
 pub(super) fn proxy_record_metric<B: Backend>(c: &mut Ctx<'_, B>, id: i32, value: i64) -> HostCallResult {
     c.data().metrics.record(id as u32, value as u64)?;
+    if let Some(j) = c.data_mut().journal.as_mut() {
+        j.metric_updates.push((id as u32, value, false));
+    }
     Ok(())
 }
 

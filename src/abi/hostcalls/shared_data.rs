@@ -55,6 +55,13 @@ pub(super) fn proxy_set_shared_data<B: Backend>(
     let key = slice(mem, kp, kl)?;
     let value = slice(mem, vp, vl)?;
     let r = st.shared.set(&st.plugin.vm_id, key, value, cas as u32);
+    if let Some(j) = st.journal.as_mut() {
+        match (cas, &r) {
+            (0, Ok(())) => j.shared_sets.push((key.to_vec(), value.to_vec())),
+            (0, Err(_)) => {}
+            _ => j.refuse("proxy_set_shared_data with a CAS"),
+        }
+    }
     shared_status(st, r)?;
     Ok(())
 }

@@ -27,6 +27,9 @@ pub(super) fn proxy_register_shared_queue<B: Backend>(
     let owner = QueueTarget { vm: st.vm_uid, context_id: st.root_context_id, queue_id: 0 };
     let r = st.shared.register_queue(&st.plugin.vm_id, name, owner);
     let id = shared_status(st, r)?;
+    if let Some(j) = st.journal.as_mut() {
+        j.queues.push((name.to_vec(), id));
+    }
     write_u32(mem, ret, id)?;
     Ok(())
 }

@@ -71,6 +71,9 @@ pub(super) fn fd_write<B: Backend>(
     }
     write_u32(mem, ret_written, text.len() as u32).map_err(fault)?;
     let line = text.strip_suffix(b"\n").unwrap_or(&text);
+    if let Some(j) = st.journal.as_mut().filter(|_| !line.is_empty()) {
+        j.logs.push((level, line.to_vec()));
+    }
     if !line.is_empty() && level >= st.backend.log_level() {
         st.backend.log(&st.plugin.name, level, line);
     }

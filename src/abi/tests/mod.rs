@@ -8,6 +8,7 @@
 
 mod edges;
 mod probe;
+mod snapshot;
 mod toolchains;
 
 use std::path::PathBuf;
