@@ -34,6 +34,7 @@ import sys
 NAMES = {
     "none": "no plugin",
     "native": "native Rust plugin, same header work (`benches/native-plugin`)",
+    "native-bodies": "native Rust plugin, same header work plus a null response transform (`--null-transform`)",
     "wasm-shared": "ats-wasm `shared`, `add-headers`, `--metrics-listen=off`",
     "wasm-transaction": "ats-wasm `transaction`, `add-headers`, `--metrics-listen=off`",
     "wasm-bodies": "ats-wasm `shared`, `add-headers` with `bodies: auto` (a pass-through response transform)",

@@ -25,7 +25,10 @@
 #                       benches/load.sh: wasm-shared = ats-wasm --isolation=shared, wasm-transaction
 #                       = --isolation=transaction, both with --metrics-listen=off; wasm-bodies (not
 #                       run by default) = wasm-shared with `bodies: auto` (the default) instead of
-#                       the shipped `bodies: none`: the cost of a pass-through response transform
+#                       the shipped `bodies: none`: the cost of a pass-through response transform;
+#                       native-bodies (not run by default) = native with `--null-transform`: the
+#                       same header work plus a response transform that passes bodies on, the
+#                       floor for any plugin that sees response bodies (compare wasm-bodies)
 #   REQUESTS [2000]     measured requests per configuration
 #   WARMUP [200]        keep-alive requests before measuring (on the measured connection)
 #   RUNS [1]            measure every configuration this many times (rows per run)
@@ -77,13 +80,13 @@ read -r -a configs <<<"$CONFIGS"
 for c in "${configs[@]}"; do
   case $c in
     none) ;;
-    native) [ -f "$NATIVE_PLUGIN" ] || die "missing $NATIVE_PLUGIN: run 'make bench-instructions' (it builds everything first)" ;;
+    native | native-bodies) [ -f "$NATIVE_PLUGIN" ] || die "missing $NATIVE_PLUGIN: run 'make bench-instructions' (it builds everything first)" ;;
     wasm-shared | wasm-transaction | wasm-bodies)
       for f in "$PLUGIN" "$WASM" "$yaml"; do
         [ -f "$f" ] || die "missing $f: run 'make bench-instructions' (it builds everything first)"
       done
       ;;
-    *) die "unknown configuration '$c' in CONFIGS (none native wasm-shared wasm-transaction wasm-bodies)" ;;
+    *) die "unknown configuration '$c' in CONFIGS (none native native-bodies wasm-shared wasm-transaction wasm-bodies)" ;;
   esac
 done
 [[ $REQUESTS =~ ^[1-9][0-9]*$ && $WARMUP =~ ^[1-9][0-9]*$ && $RUNS =~ ^[1-9][0-9]*$ ]] ||
@@ -124,6 +127,7 @@ start_ats() {
   case $config in
     none) : >"$d/etc/plugin.config" ;;
     native) echo "$NATIVE_PLUGIN" >"$d/etc/plugin.config" ;;
+    native-bodies) echo "$NATIVE_PLUGIN --null-transform" >"$d/etc/plugin.config" ;;
     wasm-shared | wasm-transaction)
       cp "$WASM" "$d/etc/add_headers.wasm"
       cp "$yaml" "$d/etc/add-headers.yaml"
@@ -252,7 +256,7 @@ git -C "$root" diff --quiet HEAD -- src pool Cargo.toml Cargo.lock examples 2>/d
 so_info() { echo "\`$1\` (sha256 $(sha256sum "$1" | cut -c1-12))"; }
 plugin_info= native_info=
 [[ " ${configs[*]} " == *" wasm-"* ]] && plugin_info=$(so_info "$PLUGIN")
-[[ " ${configs[*]} " == *" native "* ]] && native_info=$(so_info "$NATIVE_PLUGIN")
+[[ " ${configs[*]} " == *" native"[\ -]* ]] && native_info=$(so_info "$NATIVE_PLUGIN")
 mkdir -p "$results"
 "$py" "$root/benches/instructions.py" report "$rows" "$REQUESTS" \
   "date=$(date -u '+%Y-%m-%d %H:%M UTC')" \

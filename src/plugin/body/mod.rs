@@ -220,16 +220,16 @@ impl Plugin {
             }
             return Upstream::Quiet;
         }
-        let Some(mut state) = self.slot.take(flow.txn) else {
-            // No filter state (cannot happen while the transaction is alive): drain unfiltered.
-            flow.stages.iter_mut().for_each(|s| s.passthrough = true);
-            flow.signals.set_headers_done();
-            let mut empty = TxnState::new(flow.generation.to_chain());
-            return self.body_step(t, flow, &mut empty);
-        };
-        let r = self.body_step(t, flow, &mut state);
-        self.slot.put(flow.txn, state);
-        r
+        // The state is lent in place (no take and put: they free and allocate its box): the
+        // trampoline signals the producer, which may run ATS's next step, only after this returns.
+        if let Some(r) = self.slot.with(flow.txn, |state| self.body_step(t, flow, state)) {
+            return r;
+        }
+        // No filter state (cannot happen while the transaction is alive): drain unfiltered.
+        flow.stages.iter_mut().for_each(|s| s.passthrough = true);
+        flow.signals.set_headers_done();
+        let mut empty = TxnState::new(flow.generation.to_chain());
+        self.body_step(t, flow, &mut empty)
     }
 
     fn body_step(&self, t: Transform, flow: &mut Flow, state: &mut TxnState) -> Upstream {
