@@ -4,8 +4,9 @@
 #
 #   fuzz/run.sh [SECONDS_PER_TARGET]      (default 50; FUZZ_TARGETS="decoders hostcalls")
 #
-# The build shares the main target directory, instrumenting only the targets' own crates
-# (rustc-sancov.sh), so wasmtime is reused when `make build` built it with the same features.
+# The targets are members of the main workspace (feature `fuzz`), built with `--workspace` like
+# `make build`: one feature resolution, so the dependencies `make build` left in target/ (wasmtime,
+# cranelift) are reused and only the targets' own crates compile, instrumented (rustc-sancov.sh).
 # Corpora live in fuzz/corpus/<target> (not committed). Prints the executions of each run;
 # exits non-zero when a target finds a crash (the input is saved in fuzz/artifacts/<target>/).
 set -euo pipefail
@@ -22,8 +23,8 @@ if ! command -v c++ >/dev/null; then
 fi
 bins=()
 for t in $targets; do bins+=(--bin "$t"); done
-RUSTC_WRAPPER="$PWD/rustc-sancov.sh" CARGO_TARGET_DIR="$PWD/../target" \
-  "$cargo" build --release --locked "${bins[@]}"
+(cd .. && RUSTC_WRAPPER="$PWD/fuzz/rustc-sancov.sh" \
+  "$cargo" build --release --locked --workspace --features ats-wasm-fuzz/fuzz "${bins[@]}")
 status=0
 for t in $targets; do
   mkdir -p "corpus/$t" "artifacts/$t"
