@@ -6,7 +6,8 @@
 #
 # The chain, in order (plugin.config of each instance):
 #   add-headers   adds `x-added-by: ats-wasm` to requests, `x-wasm-filter: add-headers` to responses
-#   auth-call     an HTTP call per request to the origin's /check (401 for `Bearer deny` → 403)
+#   auth-call     an HTTP call per request to the origin's /check (401 for `Bearer deny` → 403);
+#                 failure_policy: fail_closed as shipped (a request it cannot check gets its 503)
 #   oob-trap      failure_policy: fail_closed; traps on `x-trap: unreachable` (request phase) or
 #                 `x-trap-response: oob` (response phase), loops to the callback deadline on
 #                 `x-trap: loop`: each answered 503 by the failure policy

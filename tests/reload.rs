@@ -312,6 +312,45 @@ fn fifty_reloads_under_load_leave_memory_flat_and_old_generations_gone() {
     assert!(console.contains("tick of generation 51)"), "the newest generation ticks");
 }
 
+/// The live-object gauges (`ats_wasm_live_objects{kind}`) and `ats_wasm_generations_live`.
+fn live_objects(ats: &Ats) -> Vec<(String, f64)> {
+    let m = metrics(ats);
+    let mut v: Vec<(String, f64)> = m
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("ats_wasm_live_objects") || k == "ats_wasm_generations_live")
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn failed_responses_with_a_body_transform_leave_no_transform_or_generation_behind() {
+    // oob-trap fails closed in its response callback; it exports body callbacks, so each
+    // transaction has a response transform ATS has opened by then. Failing the hook there made
+    // ATS 9.2 drop the transform without closing it: its state, holding the generation, stayed
+    // (one per failed transaction, ~2.7 KiB of RSS each, and every reload left its generation).
+    let trap = format!(
+        "config:\n  name: \"trap\"\n  failure_policy: fail_closed\n  vm_config:\n    code:\n      local:\n        filename: {}\n",
+        example_wasm("oob-trap").display()
+    );
+    let ats = stamped_ats(&[("trap.yaml", trap)], &["stamp.yaml", "trap.yaml"]);
+    for i in 0..20 {
+        // Half from the origin, half cache hits (the transform is fed by the cache then).
+        let path = if i % 2 == 0 { format!("/rt/{i}?body_size=40") } else { "/rt/hit?body_size=40&max_age=600".into() };
+        let r = ats.request("GET", &path, &[("x-trap-response", "unreachable")], b"");
+        assert_eq!(r.status, 503, "{path}: {r:?}");
+        assert_eq!(r.body_str(), "503 Service Unavailable: filter \"trap\" failed\n", "{path}: {r:?}");
+    }
+    assert_eq!(one_generation(&ats.get("/ok")), Ok("A".into()), "ATS keeps serving");
+    reload(&ats, false, 2);
+    let idle = |v: &[(String, f64)]| {
+        v.iter().all(|(k, n)| if k == "ats_wasm_generations_live" { *n == 1.0 } else { *n == 0.0 }) && v.len() == 4
+    };
+    let settled = harness::wait_until(Duration::from_secs(10), || idle(&live_objects(&ats)));
+    assert!(settled, "not back to idle after the reload: {:?}\n{}", live_objects(&ats), ats.failure_report());
+    assert!(ats.diags_log().contains("generation 1 retired"), "{}", ats.diags_log());
+}
+
 /// The "built in N ms" of every reload NOTE line so far.
 fn build_times_ms(ats: &Ats) -> Vec<u64> {
     ats.diags_log().lines().filter_map(|l| l.split("built in ").nth(1)?.split(" ms").next()?.parse().ok()).collect()

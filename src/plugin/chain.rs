@@ -315,7 +315,7 @@ impl Plugin {
                         }
                         (Ok(Action::Pause), None) => match asked.control {
                             Some(StreamControl::Continue) => Resume::Continue,
-                            Some(StreamControl::Close) => return Resume::Error,
+                            Some(StreamControl::Close) => return Self::close_response(txn, state),
                             None => {
                                 state.paused = Some(Self::pause(txn, f, Phase::Response, i));
                                 return Resume::Parked;

@@ -5,7 +5,7 @@
 
 use ats_wasm_pool::{LeasedVm, PoolError};
 
-use super::backend::AtsBackend;
+use super::backend::{AtsBackend, PendingLocalResponse};
 use super::diags::one_line;
 use super::filter::Filter;
 use super::telemetry::FailureReason;
@@ -114,22 +114,59 @@ impl Plugin {
     /// Fail-closed in the request phase: the client gets a 503 local response and the origin is
     /// not contacted.
     pub(super) fn fail_closed_local(txn: Txn, filter: &str) -> Resume {
-        let body = format!("503 Service Unavailable: filter \"{filter}\" failed\n");
-        txn.set_local_response(503, body.as_bytes(), "text/plain");
+        txn.set_local_response(503, &fail_closed_body(filter), "text/plain");
         Resume::Continue
     }
 
     /// Fail-closed in the response phase, at `SEND_RESPONSE_HDR` (before any byte of the
-    /// response left): the transaction fails with the same 503 as in the request phase instead
-    /// of the origin's response. ATS 9.2 answers a failed hook with the status set on the
-    /// transaction when it is 400 or more (else "500 INKApi Error"), and runs
-    /// `SEND_RESPONSE_HDR` again for that answer: `state.response_failed` keeps the filters off
-    /// it, as Envoy sends a failed filter's local reply past the encoder filters.
+    /// response left): the client gets the same 503 as in the request phase instead of the
+    /// origin's response.
+    ///
+    /// Without an open response transform the hook fails: ATS 9.2 answers a failed hook with
+    /// the status set on the transaction when it is 400 or more (else "500 INKApi Error"), and
+    /// runs `SEND_RESPONSE_HDR` again for that answer: `state.response_failed` keeps the filters
+    /// off it, as Envoy sends a failed filter's local reply past the encoder filters.
+    ///
+    /// With a response transform ATS opened (the origin or cache is already feeding it), the
+    /// 503 goes out through the transform, as a response-phase local response does, and the
+    /// hook continues: failing the hook there makes ATS 9.2 leak the transform. Its error path
+    /// (`HttpSM::setup_internal_transfer`) calls `HttpTunnel::reset()`, which forgets the
+    /// running producer → transform tunnel without closing its vconnections or freeing its
+    /// buffer, and `kill_this` then closes no VC still marked `in_tunnel` (`HttpVCTable::
+    /// cleanup_entry`) nor an opened transform (`transform_cleanup` closes only unopened ones).
+    /// The transform's state, holding the transaction's generation, would never be freed.
     pub(super) fn fail_closed_response(txn: Txn, state: &mut TxnState, filter: &str) -> Resume {
+        if Self::answer_through_transform(txn, state, 503, fail_closed_body(filter)) {
+            return Resume::Continue;
+        }
         Self::fail_closed_local(txn, filter);
         state.response_failed = true;
         Resume::Error
     }
+
+    /// A guest closed the stream (`proxy_close_stream`) in the response phase: the hook fails
+    /// and ATS answers 500, or, with an open response transform (see
+    /// [`Plugin::fail_closed_response`]), a 500 without a body goes out through it.
+    pub(super) fn close_response(txn: Txn, state: &mut TxnState) -> Resume {
+        if Self::answer_through_transform(txn, state, 500, Vec::new()) { Resume::Continue } else { Resume::Error }
+    }
+
+    /// Puts `status` and `body` (`text/plain`) in place of the response when ATS opened a
+    /// response transform; false (nothing done) when it did not.
+    fn answer_through_transform(txn: Txn, state: &mut TxnState, status: u16, body: Vec<u8>) -> bool {
+        if !state.bodies.response_transform_open() {
+            return false;
+        }
+        let content_type = if body.is_empty() { Vec::new() } else { b"text/plain".to_vec() };
+        let local = PendingLocalResponse { txn, status, body, content_type, headers: Vec::new() };
+        Self::apply_response_local(txn, state, local);
+        true
+    }
+}
+
+/// The body of a fail-closed 503.
+fn fail_closed_body(filter: &str) -> Vec<u8> {
+    format!("503 Service Unavailable: filter \"{filter}\" failed\n").into_bytes()
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ use super::generation::{self, Pinned};
 use super::live::TxnId;
 use super::loops::{self, LOOP_MARKER, Ticket};
 use super::stream::{Phase, TxnStream};
+use super::telemetry::objects::{Counted, HTTP_CALL};
 use super::{PLUGIN, Plugin};
 use crate::abi::{HttpCallResponse, guest};
 use crate::ts::fetch::{FetchHandle, FetchHandler, FetchOutcome, FetchRequest, fetch};
@@ -56,6 +57,8 @@ struct Pending {
     /// A root context's call: the generation of its VM, kept alive until the answer (a stream
     /// context's transaction holds its own).
     generation: Option<Pinned>,
+    /// Counted in `ats_wasm_live_objects{kind="http_call"}`.
+    _live: Counted<HTTP_CALL>,
 }
 
 /// What a call holds until its fetch ended.
@@ -108,7 +111,7 @@ pub(super) fn send(call: OutgoingCall) {
         id
     });
     let generation = if txn.is_none() { generation::adopted() } else { None };
-    let pending = Pending { vm, token, txn: txn.map(TxnId::of), generation };
+    let pending = Pending { vm, token, txn: txn.map(TxnId::of), generation, _live: Counted::new() };
     PENDING.with(|p| p.borrow_mut().insert(id, pending));
     let headers: Vec<(&[u8], &[u8])> = headers.iter().map(|(k, v)| (&k[..], &v[..])).collect();
     let fr = FetchRequest { method: &method, url: &url, headers: &headers, body: &body, timeout };

@@ -109,6 +109,8 @@ struct TxnState {
     paused: Option<Paused>,
     hooks_added: bool,
     bodies: TxnBodies,
+    /// Counted in `ats_wasm_live_objects{kind="transaction_state"}`.
+    _live: telemetry::objects::Counted<{ telemetry::objects::TXN_STATE }>,
 }
 
 impl TxnState {
@@ -126,6 +128,7 @@ impl TxnState {
             paused: None,
             hooks_added: false,
             bodies: TxnBodies::default(),
+            _live: telemetry::objects::Counted::new(),
         }
     }
 }

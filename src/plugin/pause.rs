@@ -87,7 +87,8 @@ impl Plugin {
         // Cancels its timer.
         drop(paused);
         let resume = match (control, phase) {
-            (StreamControl::Close, _) => Resume::Error,
+            (StreamControl::Close, Phase::Request) => Resume::Error,
+            (StreamControl::Close, _) => Self::close_response(txn, &mut state),
             (StreamControl::Continue, Phase::Request) => self.run_request_filters(txn, &mut state, next),
             (StreamControl::Continue, _) => self.run_response_filters(txn, &mut state, next),
         };
@@ -145,10 +146,14 @@ impl Plugin {
             self.slot.put(txn, state);
             self.resume_txn(txn, StreamControl::Continue);
         } else {
-            // The response phase: ATS answers the failed hook with this 503.
-            Self::fail_closed_response(txn, &mut state, name);
+            // The response phase: the 503 (see `Plugin::fail_closed_response`).
+            state.paused = None;
+            let resume = Self::fail_closed_response(txn, &mut state, name);
+            if resume == Resume::Continue {
+                Self::response_headers_done(&mut state);
+            }
             self.slot.put(txn, state);
-            self.resume_txn(txn, StreamControl::Close);
+            txn.reenable(resume);
         }
     }
 }

@@ -45,6 +45,7 @@ use super::chain::no_body;
 use super::generation::SharedChain;
 use super::pause;
 use super::stream::{Phase, TxnStream};
+use super::telemetry::objects::{BODY_TRANSFORM, Counted};
 use super::{FilterCtx, PLUGIN, Plugin, TxnState};
 use crate::abi::{Action, BufferType, guest};
 use crate::config::Bodies;
@@ -86,6 +87,8 @@ pub(crate) struct Flow {
     dechunk: Option<Dechunker>,
     /// The producer was told the input is complete.
     input_done: bool,
+    /// Counted in `ats_wasm_live_objects{kind="body_transform"}`.
+    _live: Counted<BODY_TRANSFORM>,
 }
 
 struct BodyTransform;
@@ -483,6 +486,7 @@ impl Flow {
             finished: false,
             dechunk: None,
             input_done: false,
+            _live: Counted::new(),
         }
     }
 }

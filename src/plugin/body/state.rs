@@ -59,6 +59,12 @@ impl TxnBodies {
         self.installed
     }
 
+    /// Whether ATS opened the response transform (its output is open, the origin or cache
+    /// feeds it): from then on the response can only go out through it.
+    pub(crate) fn response_transform_open(&self) -> bool {
+        self.signals.as_ref().is_some_and(|s| s.output_open())
+    }
+
     /// Whether a response transform can replace the response body.
     pub(crate) fn has_response_transform(&self) -> bool {
         self.response.is_some()

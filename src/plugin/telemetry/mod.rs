@@ -15,7 +15,8 @@
 //! - `endpoint`: a small blocking HTTP server on its own thread serves that text (why not an
 //!   HTTP server crate: see the module doc of `endpoint.rs`).
 //!
-//! - `reloads`: reload results and generation gauges ([`GENERATIONS`]), plain atomics.
+//! - `reloads`: reload results and generation gauges ([`GENERATIONS`]), plain atomics;
+//!   [`objects`]: live per-transaction objects (`ats_wasm_live_objects`), the same.
 //!
 //! ATS stats of the pools are refreshed (and left-out diags.log lines summarized) every
 //! [`REFRESH`] by a second thread. None of these
@@ -27,6 +28,7 @@
 
 mod counters;
 mod endpoint;
+pub mod objects;
 mod refusals;
 mod reloads;
 mod render;

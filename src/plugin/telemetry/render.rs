@@ -27,6 +27,7 @@ pub fn render(handle: &PrometheusHandle, filters: &[FilterSnapshot], guest: &[Me
     render_pools(&mut out, filters);
     render_guest(&mut out, guest);
     super::reloads::render_generations(&mut out);
+    super::objects::render_objects(&mut out);
     out
 }
 
