@@ -200,6 +200,7 @@ fn fresh_vms(c: &mut Criterion, engine: &Engine) {
         // each transaction): the pages a transaction wrote stay the process's, so every round
         // copies them back.
         let mut vm = snap.instantiate().expect("VM");
+        set_stream_maps(&mut vm.store.data_mut().backend, 1);
         let ctx = guest::create_stream_context(&mut vm, 1).expect("context");
         guest::on_request_headers(&mut vm, ctx, 0, true).expect("request headers");
         guest::finish_stream_context(&mut vm, ctx).expect("done");
