@@ -259,7 +259,7 @@ impl Pristine {
                 return Err(RecycleError::Grown);
             }
             let base = m.data_ptr(&*store) as usize;
-            if base % page != 0 {
+            if !base.is_multiple_of(page) {
                 return Err(RecycleError::NoPagemap("the memory is not page-aligned".into()));
             }
             let n = p.len.div_ceil(page);
@@ -291,7 +291,7 @@ impl Pristine {
             let Some(Extern::Global(g)) = instance.get_module_export(&mut *store, export) else {
                 return Err(RecycleError::Missing);
             };
-            g.set(&mut *store, value.clone()).map_err(|_| RecycleError::Missing)?;
+            g.set(&mut *store, *value).map_err(|_| RecycleError::Missing)?;
         }
         Ok(restored)
     }
