@@ -157,8 +157,11 @@ pub fn snapshot_template<B: Backend>(
     };
     let mut store = Store::new(engine, new_state());
     start_recording(store.data_mut());
+    let instrumented_pre = compile(instrumented.wasm())?;
+    // The deadline starts after compiling: on a loaded machine compiling alone can take longer
+    // than the initializer's deadline, which then interrupted `_initialize` at its first check.
     store.set_epoch_deadline(init_ticks);
-    let instance = compile(instrumented.wasm())?.instantiate(&mut store).map_err(|e| format!("{e:#}"))?;
+    let instance = instrumented_pre.instantiate(&mut store).map_err(|e| format!("{e:#}"))?;
     let mut vm = Vm { store, instance };
     initialize(&mut vm).map_err(|e| format!("the initializer failed: {e:#}"))?;
     let record = Arc::new(take_record(vm.store.data_mut())?);
