@@ -10,7 +10,8 @@
 //! - `fresh_vm/<module>/{initializer,snapshot}`: one `transaction`-isolation VM made ready
 //!   and dropped — instantiated and initialized (`_initialize`, `proxy_on_vm_start`,
 //!   `proxy_on_configure`), or instantiated from a snapshot of an initialized VM and restored
-//!   without guest code.
+//!   without guest code; `recycled`: a used VM of the snapshot put back into a ready VM's
+//!   state (its written memory pages and mutable globals) instead.
 //!
 //! The modules come from `examples/build.sh` (`make build`).
 
@@ -190,11 +191,20 @@ fn fresh_vms(c: &mut Criterion, engine: &Engine) {
         let pre = linker_for::<MemoryBackend>(&module).and_then(|l| l.instantiate_pre(&module)).expect("links");
         let fresh = VmTemplate::new(pre, state.clone(), guest::initialize, 1 << 30);
         let snap = snapshot_template(engine, &wasm, state, 1 << 30).expect("snapshotted");
-        for (kind, t) in [("initializer", fresh), ("snapshot", snap)] {
+        for (kind, t) in [("initializer", &fresh), ("snapshot", &snap)] {
             g.bench_function(BenchmarkId::new(name, kind), |b| {
                 b.iter(|| drop(black_box(t.instantiate().expect("VM"))))
             });
         }
+        // A used VM put back into a ready VM's state (what `transaction` isolation does after
+        // each transaction): the pages a transaction wrote stay the process's, so every round
+        // copies them back.
+        let mut vm = snap.instantiate().expect("VM");
+        set_stream_maps(&mut vm.store.data_mut().backend, 1);
+        let ctx = guest::create_stream_context(&mut vm, 1).expect("context");
+        guest::on_request_headers(&mut vm, ctx, 0, true).expect("request headers");
+        guest::finish_stream_context(&mut vm, ctx).expect("done");
+        g.bench_function(BenchmarkId::new(name, "recycled"), |b| b.iter(|| assert!(snap.recycle(black_box(&mut vm)))));
     }
     g.finish();
 }

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """The Python parts of benches/instructions.sh (instructions per request in ATS, by callgrind).
 
-    instructions.py client PORT PATH BYTES FILTER_HEADER(0|1)
+    instructions.py client PORT PATH BYTES FILTER_HEADER(0|1) [EXTRA_FIELDS]
         Keep-alive HTTP client on one connection, driven over stdin: connects once to
         127.0.0.1:PORT, then for each number N read from stdin sends N `GET PATH` requests one
-        after another and answers `ok N` once all responses are read. Every response must be
+        after another (each with `Host` and EXTRA_FIELDS (0) more fields `x-extra-I: value-I`)
+        and answers `ok N` once all responses are read. Every response must be
         200 with a body of BYTES bytes, keep the connection open and, when FILTER_HEADER is 1,
         carry `x-wasm-filter: add-headers` (0: must not); else it answers `error ...` and exits
         1. Connecting and closing (at end of input) thus stay outside any measured window.
@@ -41,14 +42,24 @@ NAMES = {
 }
 
 
-def client(port: str, path: str, size: str, want_filter: str) -> int:
+def name(config: str) -> str:
+    """A configuration's row name; `CONFIG+fN` is CONFIG with N header fields in the request and
+    N more in the response (instructions.sh's FIELDS)."""
+    base, _, fields = config.partition("+f")
+    return NAMES[base] + (f", {fields} more request and response header fields" if fields else "")
+
+
+def client(port: str, path: str, size: str, want_filter: str, extra_fields: str = "0") -> int:
     nbytes, want = int(size), want_filter == "1"
+    extra = [(f"x-extra-{i}", f"value-{i}") for i in range(1, int(extra_fields) + 1)]
     conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=300)
     conn.connect()
     for line in sys.stdin:
         n = int(line)
         for i in range(n):
             conn.putrequest("GET", path, skip_accept_encoding=True)
+            for k, v in extra:
+                conn.putheader(k, v)
             conn.endheaders()
             resp = conn.getresponse()
             body = resp.read()
@@ -201,12 +212,13 @@ def report(rows_path: str, requests_arg: str, *meta_args: str) -> int:
     out.append("| " + " | ".join(head) + " |")
     out.append("|---" + "|--:" * (len(head) - 1) + "|")
     for run, config, total, periodic, calls, threads, seconds, _ in rows:
-        cells = [NAMES[config]] + ([run] if multi else [])
+        cells = [name(config)] + ([run] if multi else [])
         for table in (per, net):
             value = table[(run, config)]
-            base = table.get((run, "none"))
+            _, plus, fields = config.partition("+f")
+            base = table.get((run, "none" + plus + fields))
             over = "—"
-            if config != "none" and base is not None:
+            if not config.startswith("none") and base is not None:
                 over = f"{value - base:+,.0f} ({(value - base) / base * 100:+.1f} %)"
             cells += [f"{value:,.0f}", over]
         cells += [f"{requests:,}", f"{int(periodic):,} ({calls})", f"{int(total):,}", threads, seconds]
@@ -219,7 +231,7 @@ def report(rows_path: str, requests_arg: str, *meta_args: str) -> int:
                 values = [table[(run, config)] for run in runs if (run, config) in table]
                 spread = (max(values) - min(values)) / min(values) * 100
                 parts.append(f"{label} {', '.join(f'{v:,.0f}' for v in values)} → {spread:.2f} %")
-            out.append(f"- {NAMES[config]}: " + "; ".join(parts))
+            out.append(f"- {name(config)}: " + "; ".join(parts))
     print("\n".join(out))
     return 0
 

@@ -36,6 +36,10 @@
 #   NATIVE_PLUGIN [target/native-plugin/release/libats_native_add_headers.so]
 #   WASM [examples/target/wasm32-unknown-unknown/release/add_headers.wasm]
 #   OBJECT_BYTES [1024] size of the cached object
+#   FIELDS [0]          header fields added to every measured request (`x-extra-N: value-N`) and
+#                       to the cached response (nginx `add_header`), to see how a plugin's cost
+#                       grows with fields its guest never reads; a list ("0 25") measures every
+#                       configuration with each (rows named CONFIG+fN)
 #   PERIODIC_SYMBOLS    ";"-separated symbols subtracted, see above (default: the three
 #                       continuations of ATS 9.2's RecProcess, as callgrind_annotate names them)
 #   MAX_VMS [8]         ats-wasm's --max-vms: its pool reserves ~4.3 GB of address space per
@@ -63,12 +67,18 @@ PLUGIN=${PLUGIN:-$root/target/release/libats_wasm.so}
 NATIVE_PLUGIN=${NATIVE_PLUGIN:-$root/target/native-plugin/release/libats_native_add_headers.so}
 WASM=${WASM:-$root/examples/target/wasm32-unknown-unknown/release/add_headers.wasm}
 OBJECT_BYTES=${OBJECT_BYTES:-1024}
+FIELDS=${FIELDS:-0}
+read -r -a field_counts <<<"$FIELDS"
 PERIODIC_SYMBOLS=${PERIODIC_SYMBOLS:-"sync_cont::sync(int, Event*);raw_stat_sync_cont::exec_callbacks(int, Event*);config_update_cont::exec_callbacks(int, Event*)"}
 VALGRIND_ARGS=${VALGRIND_ARGS:-}
 START_TIMEOUT=${START_TIMEOUT:-600}
 REPORT=${REPORT:-instructions}
 MAX_VMS=${MAX_VMS:-8}
 nginx_pin=()
+# Generous deadlines: under valgrind on a loaded machine the snapshot's recorded initializer
+# can take over a second (the default --init-deadline-ms); deadlines cost the same
+# instructions whatever their length.
+wasm_args="--metrics-listen=off --max-vms=$MAX_VMS --init-deadline-ms=60000 --callback-deadline-ms=10000"
 
 die() { echo "instructions.sh: $*" >&2; exit 1; }
 log() { printf '[%s] %s\n' "$(date +%T)" "$*"; }
@@ -105,7 +115,17 @@ done
 [ -x /usr/sbin/nginx ] || die "nginx is not installed (Debian package nginx-light)"
 command -v traffic_server >/dev/null || die "traffic_server is not installed (Debian package trafficserver; make deps)"
 
+for f in "${field_counts[@]}"; do [[ $f =~ ^[0-9]+$ ]] || die "FIELDS must be numbers: $FIELDS"; done
+# /fields-N: the cached object with N more response header fields.
+origin_extra=
+for f in "${field_counts[@]}"; do
+  [ "$f" = 0 ] && continue
+  origin_extra+="    location = /fields-$f { alias \$ng/www/object; add_header Cache-Control \"max-age=3600\";"
+  for i in $(seq "$f"); do origin_extra+=" add_header X-Extra-$i value-$i;"; done
+  origin_extra+=" }"$'\n'
+done
 bench_tmp ats-wasm-instructions
+origin_extra=${origin_extra//\$ng/$tmp/nginx}
 start_origin
 
 # ---------------------------------------------------------------------------------------------
@@ -113,10 +133,10 @@ start_origin
 ats_pid=
 ats_port=
 ats_dir=
-# start_ats CONFIG RUN
+# start_ats CONFIG RUN [ROW]
 start_ats() {
   local config=$1 run=$2 d
-  d="$tmp/run$run-$config"
+  d="$tmp/run$run-${3:-$config}"
   ats_dir=$d
   ats_port=$(free_port)
   write_runroot "$d" "$ats_port" 1 "$origin_port" 0
@@ -131,13 +151,13 @@ start_ats() {
     wasm-shared | wasm-transaction)
       cp "$WASM" "$d/etc/add_headers.wasm"
       cp "$yaml" "$d/etc/add-headers.yaml"
-      echo "$PLUGIN --isolation=${config#wasm-} --metrics-listen=off --max-vms=$MAX_VMS add-headers.yaml" >"$d/etc/plugin.config"
+      echo "$PLUGIN --isolation=${config#wasm-} $wasm_args add-headers.yaml" >"$d/etc/plugin.config"
       ;;
     wasm-bodies)
       cp "$WASM" "$d/etc/add_headers.wasm"
       sed 's/^  bodies: none$/  bodies: auto/' "$yaml" >"$d/etc/add-headers.yaml"
       grep -q '^  bodies: auto$' "$d/etc/add-headers.yaml" || die "$config: add-headers.yaml lacks bodies: none"
-      echo "$PLUGIN --isolation=shared --metrics-listen=off --max-vms=$MAX_VMS add-headers.yaml" >"$d/etc/plugin.config"
+      echo "$PLUGIN --isolation=shared $wasm_args add-headers.yaml" >"$d/etc/plugin.config"
       ;;
   esac
   # valgrind execs traffic_server in its own process: $! is ATS's pid for callgrind_control.
@@ -184,9 +204,10 @@ client_send() {
 # requests (instructions.py window) and $window_s to their wall-clock seconds.
 window= window_s=
 measure() {
-  local config=$1 want_filter=1 before after i hit=0 client_pid files t0 t1
+  local config=$1 fields=$2 want_filter=1 before after i hit=0 client_pid files t0 t1 path=/cached
   [ "$config" = none ] && want_filter=0
-  coproc CLIENT { exec "$py" "$root/benches/instructions.py" client "$ats_port" /cached "$OBJECT_BYTES" "$want_filter"; }
+  [ "$fields" = 0 ] || path=/fields-$fields
+  coproc CLIENT { exec "$py" "$root/benches/instructions.py" client "$ats_port" "$path" "$OBJECT_BYTES" "$want_filter" "$fields"; }
   client_pid=$CLIENT_PID
   pids+=("$client_pid")
   client_send "$WARMUP"
@@ -199,7 +220,7 @@ measure() {
     if [ $((after - before)) = 1 ]; then hit=1; break; fi
     sleep 0.2
   done
-  [ "$hit" = 1 ] || die "$config: /cached is not served from the ATS cache"
+  [ "$hit" = 1 ] || die "$config: $path is not served from the ATS cache"
   sleep 0.5
   callgrind_control -i on "$ats_pid" >"$ats_dir/callgrind/control.log" 2>&1 || die "callgrind_control -i on failed"
   before=$(origin_requests)
@@ -230,10 +251,12 @@ rows="$tmp/rows.tsv" # run config total periodic calls threads seconds busiest
 : >"$rows"
 start=$(date +%s)
 for ((r = 1; r <= RUNS; r++)); do
-  for c in "${configs[@]}"; do
-    start_ats "$c" "$r"
+  for f in "${field_counts[@]}"; do for c in "${configs[@]}"; do
+    row=$c
+    [ "$f" = 0 ] || row="$c+f$f"
+    start_ats "$c" "$r" "$row"
     verify "$c"
-    measure "$c"
+    measure "$c" "$f"
     stop "$ats_pid" 5
     total= periodic= calls= threads= busiest=
     for kv in $window; do
@@ -244,9 +267,9 @@ for ((r = 1; r <= RUNS; r++)); do
     done
     [ -n "$total" ] && [ -n "$periodic" ] && [ -n "$calls" ] && [ -n "$threads" ] && [ -n "$busiest" ] ||
       die "$c: could not read the dump: $window"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$c" "$total" "$periodic" "$calls" "$threads" "$window_s" "$busiest" >>"$rows"
-    log "run $r/$RUNS  $(printf '%-17s' "$c") $(((total - periodic) / REQUESTS)) instructions/request, net thread $((busiest / REQUESTS))  (window ${window_s}s: $total Ir over $threads threads, clock-driven $periodic Ir subtracted, calls $calls)"
-  done
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$row" "$total" "$periodic" "$calls" "$threads" "$window_s" "$busiest" >>"$rows"
+    log "run $r/$RUNS  $(printf '%-17s' "$row") $(((total - periodic) / REQUESTS)) instructions/request, net thread $((busiest / REQUESTS))  (window ${window_s}s: $total Ir over $threads threads, clock-driven $periodic Ir subtracted, calls $calls)"
+  done; done
 done
 elapsed=$(($(date +%s) - start))
 

@@ -23,6 +23,7 @@
 #                       `:path` and `User-Agent`, lets every measured request through and changes
 #                       nothing)
 #   REPORT [latest]     the report's name: benches/results/$REPORT.{md,png}
+#   WASM_ARGS           more ats-wasm arguments for wasm-shared and wasm-transaction (e.g. --pool-size=64)
 #   ATS_CPUS, WRK_CPUS, NGINX_CPUS   taskset CPU lists (defaults depend on nproc; "" = unpinned)
 #   KEEP_TMP=1          keep the temporary runroots and nginx prefix
 set -euo pipefail
@@ -115,7 +116,7 @@ start_ats() {
       cp "$wasm" "$d/etc/add_headers.wasm"
       cp "$yaml" "$d/etc/add-headers.yaml"
       # The Prometheus endpoint is on (as by default), on a free port.
-      echo "$plugin --isolation=${config#wasm-} --metrics-listen=127.0.0.1:$(free_port) add-headers.yaml" >"$d/etc/plugin.config"
+      echo "$plugin --isolation=${config#wasm-} ${WASM_ARGS:+$WASM_ARGS }--metrics-listen=127.0.0.1:$(free_port) add-headers.yaml" >"$d/etc/plugin.config"
       ;;
     wasm-metrics-off)
       cp "$wasm" "$d/etc/add_headers.wasm"

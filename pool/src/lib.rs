@@ -12,6 +12,8 @@
 //!   instance ready;
 //! - [`Instrumented`]: snapshots of initialized VMs (`wasmtime-wizer`), so a fresh VM starts
 //!   initialized without running guest code;
+//! - [`Pristine`]: recycling a snapshot module's used VM in place (its written memory pages
+//!   and mutable globals put back), instead of dropping it and instantiating another;
 //! - [`VmPool`]: per-module pools with one pool per thread (a `thread_local::ThreadLocal`), in
 //!   one of two [`Isolation`] modes, handing out [`LeasedVm`]s without locks on the owning
 //!   thread, with poisoning, off-path refill, cross-thread returns and counters.
@@ -28,11 +30,13 @@
 mod cache;
 mod engine;
 mod pool;
+mod recycle;
 mod snapshot;
 mod template;
 
 pub use cache::{CacheOutcome, CompiledModule, ModuleCompiler, WASMTIME_VERSION};
 pub use engine::{EngineError, EngineOptions, EpochTicker, WasmEngine, new_engine};
 pub use pool::{Isolation, LeasedVm, PoolConfig, PoolError, PoolStats, Refill, ThreadId, ThreadStats, VmPool, VmRef};
+pub use recycle::{Pristine, RecycleError, export_state};
 pub use snapshot::Instrumented;
 pub use template::{Vm, VmTemplate};

@@ -10,6 +10,9 @@ type NewState<T> = dyn Fn() -> T + Send + Sync;
 /// The initializer: makes a freshly instantiated VM ready (e.g. `_initialize`, root context,
 /// `proxy_on_vm_start`, `proxy_on_configure`). An error means the VM must not be used.
 type Initializer<T> = dyn Fn(&mut Vm<T>) -> wasmtime::Result<()> + Send + Sync;
+/// The recycler: puts a used VM back into the state of a ready one (see [`crate::recycle`]);
+/// an error means the VM must be dropped instead.
+type Recycler<T> = dyn Fn(&mut Vm<T>) -> wasmtime::Result<()> + Send + Sync;
 
 /// One instantiated guest: its store (which owns the host state `T`) and its instance.
 pub struct Vm<T: 'static> {
@@ -30,6 +33,7 @@ pub struct VmTemplate<T: 'static> {
     pre: InstancePre<T>,
     new_state: Box<NewState<T>>,
     init: Box<Initializer<T>>,
+    recycle: Option<Box<Recycler<T>>>,
     /// Epoch ticks the initializer may run before it is interrupted.
     init_deadline_ticks: u64,
 }
@@ -50,8 +54,49 @@ impl<T: Send + 'static> VmTemplate<T> {
             pre,
             new_state: Box::new(new_state),
             init: Box::new(init),
+            recycle: None,
             init_deadline_ticks,
         })
+    }
+
+    /// Like [`VmTemplate::new`], for a template whose used VMs can be put back into the state
+    /// of a ready one by `recycle` instead of being dropped ([`VmTemplate::recycle`]).
+    pub fn recycling(
+        pre: InstancePre<T>,
+        new_state: impl Fn() -> T + Send + Sync + 'static,
+        init: impl Fn(&mut Vm<T>) -> wasmtime::Result<()> + Send + Sync + 'static,
+        init_deadline_ticks: u64,
+        recycle: impl Fn(&mut Vm<T>) -> wasmtime::Result<()> + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            engine: pre.module().engine().clone(),
+            module: pre.module().clone(),
+            pre,
+            new_state: Box::new(new_state),
+            init: Box::new(init),
+            recycle: Some(Box::new(recycle)),
+            init_deadline_ticks,
+        })
+    }
+
+    /// Whether used VMs of this template can be recycled.
+    pub fn recycles(&self) -> bool {
+        self.recycle.is_some()
+    }
+
+    /// Puts a used VM back into the state of a ready one, as a fresh VM of this template would
+    /// be; `false` (the VM must be dropped) when the template does not recycle or the recycler
+    /// refused (e.g. the VM's memory grew).
+    pub fn recycle(&self, vm: &mut Vm<T>) -> bool {
+        match &self.recycle {
+            Some(r) => r(vm).is_ok(),
+            None => false,
+        }
+    }
+
+    /// A new host state, as each new VM of this template gets (for recyclers).
+    pub fn new_state(&self) -> T {
+        (self.new_state)()
     }
 
     /// The compiled module.

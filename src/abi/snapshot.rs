@@ -20,7 +20,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ats_wasm_pool::{Instrumented, Vm, VmTemplate};
+use ats_wasm_pool::{Instrumented, Pristine, Vm, VmTemplate, export_state};
 use wasmtime::{Engine, Module, Store};
 
 use super::backend::{Backend, QueueTarget};
@@ -70,7 +70,33 @@ pub fn take_record<B: Backend>(st: &mut HostState<B>) -> Result<InitRecord, Stri
 pub fn restore<B: Backend>(vm: &mut ProxyVm<B>, rec: &InitRecord) -> wasmtime::Result<()> {
     vm.store.limiter(|st| &mut st.grow_watch);
     setup(vm)?;
+    restore_host(vm.store.data_mut(), rec)
+}
+
+/// Puts a used VM of a snapshot template back into the state [`restore`] leaves a fresh one
+/// in: its memory pages and mutable globals (`pristine`), then a new host state (`new_state`,
+/// a new VM id) that keeps what [`setup`] found in the instance, with the recorded host effects
+/// replayed. An error (e.g. the memory grew) means the VM must be dropped.
+pub fn recycle<B: Backend>(
+    vm: &mut ProxyVm<B>,
+    pristine: &Pristine,
+    rec: &InitRecord,
+    new_state: &(dyn Fn() -> HostState<B> + Send + Sync),
+) -> wasmtime::Result<()> {
+    pristine.reset(&mut vm.store, vm.instance)?;
+    let old = std::mem::replace(vm.store.data_mut(), new_state());
     let st = vm.store.data_mut();
+    st.abi = old.abi;
+    st.instance = old.instance;
+    st.memory = old.memory;
+    st.allocator = old.allocator;
+    st.exports = old.exports;
+    restore_host(st, rec)
+}
+
+/// The host side of [`restore`]: the root context with the recorded id and the recorded host
+/// effects replayed.
+fn restore_host<B: Backend>(st: &mut HostState<B>, rec: &InitRecord) -> wasmtime::Result<()> {
     let root = rec.root_context_id;
     st.root_context_id = root;
     st.next_context_id = rec.next_context_id;
@@ -131,13 +157,36 @@ pub fn snapshot_template<B: Backend>(
     };
     let mut store = Store::new(engine, new_state());
     start_recording(store.data_mut());
+    let instrumented_pre = compile(instrumented.wasm())?;
+    // The deadline starts after compiling: on a loaded machine compiling alone can take longer
+    // than the initializer's deadline, which then interrupted `_initialize` at its first check.
     store.set_epoch_deadline(init_ticks);
-    let instance = compile(instrumented.wasm())?.instantiate(&mut store).map_err(|e| format!("{e:#}"))?;
+    let instance = instrumented_pre.instantiate(&mut store).map_err(|e| format!("{e:#}"))?;
     let mut vm = Vm { store, instance };
     initialize(&mut vm).map_err(|e| format!("the initializer failed: {e:#}"))?;
     let record = Arc::new(take_record(vm.store.data_mut())?);
     let snapshot = instrumented.snapshot(&mut vm).map_err(|e| format!("{e:#}"))?;
     drop(vm);
-    let pre = compile(&snapshot)?;
-    Ok(VmTemplate::new(pre, new_state, move |vm| restore(vm, &record), init_ticks))
+    // Recycling needs the memories and mutable globals exported; without them (or without
+    // `/proc/self/pagemap`) used VMs are dropped, as without snapshots.
+    let recyclable = export_state(&snapshot).ok();
+    let pre = compile(recyclable.as_deref().unwrap_or(&snapshot))?;
+    let new_state: Arc<dyn Fn() -> HostState<B> + Send + Sync> = Arc::new(new_state);
+    let pristine = recyclable.and_then(|_| {
+        let mut store = Store::new(engine, new_state());
+        let instance = pre.instantiate(&mut store).ok()?;
+        Pristine::read(pre.module(), &mut Vm { store, instance }).ok()
+    });
+    let (state, rec) = (new_state.clone(), record.clone());
+    let restore_vm = move |vm: &mut ProxyVm<B>| restore(vm, &rec);
+    Ok(match pristine {
+        Some(p) => VmTemplate::recycling(
+            pre,
+            move || state(),
+            restore_vm,
+            init_ticks,
+            move |vm| recycle(vm, &p, &record, &*new_state),
+        ),
+        None => VmTemplate::new(pre, move || state(), restore_vm, init_ticks),
+    })
 }

@@ -184,8 +184,9 @@ impl Filter {
 }
 
 /// The template of a `transaction`-isolation filter's VMs: one whose VMs start from a snapshot
-/// of an initialized VM (one NOTE line), or, when the module cannot be snapshotted, `fallback`
-/// (its VMs run the initializer; one NOTE line saying why).
+/// of an initialized VM and are recycled after each transaction (one NOTE line), or, when the
+/// module cannot be snapshotted, `fallback` (its VMs run the initializer; one NOTE line saying
+/// why).
 fn snapshot_or_not(
     name: &str,
     engine: &WasmEngine,
@@ -196,9 +197,16 @@ fn snapshot_or_not(
 ) -> Arc<VmTemplate<HostState<AtsBackend>>> {
     match crate::abi::snapshot::snapshot_template(engine.engine(), bytes, new_state, init_ticks) {
         Ok(t) => {
+            let reuse = if t.recycles() {
+                "and are recycled after each transaction"
+            } else {
+                "(each dropped after its transaction: it cannot be recycled here)"
+            };
             log::note(
-                format!("ats_wasm: filter \"{name}\": transaction VMs start from a snapshot of an initialized VM")
-                    .as_bytes(),
+                format!(
+                    "ats_wasm: filter \"{name}\": transaction VMs start from a snapshot of an initialized VM {reuse}"
+                )
+                .as_bytes(),
             );
             t
         }

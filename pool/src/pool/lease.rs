@@ -212,11 +212,19 @@ impl<T: Send + 'static> VmPool<T> {
             add(&c.cross_thread_returns, 1);
         }
         match back.held {
-            // Dropping the VM returns its slot to the pooling allocator, which resets it.
-            Held::Owned(vm) => {
-                drop(vm);
+            // A VM of a recycling template goes back to the ready VMs when the reserve has room
+            // and the recycler put it back into a ready VM's state; else dropping it returns its
+            // slot to the pooling allocator, which resets it.
+            Held::Owned(mut vm) => {
                 if back.poisoned {
+                    drop(vm);
                     add(&c.poisonings, 1);
+                } else if tp.ready.len() < self.config.size && self.template.recycle(&mut vm) {
+                    add(&c.recycled, 1);
+                    tp.ready.push(vm);
+                    set(&c.ready, tp.ready.len() as u64);
+                } else {
+                    drop(vm);
                 }
             }
             Held::Shared(r) => {

@@ -19,6 +19,7 @@ pub(super) struct Counters {
     pub(super) misses: AtomicU64,
     pub(super) poisonings: AtomicU64,
     pub(super) cross_thread_returns: AtomicU64,
+    pub(super) recycled: AtomicU64,
 }
 
 /// Sets an owner-written counter.
@@ -56,6 +57,9 @@ pub struct ThreadStats {
     pub poisonings: u64,
     /// Leases released on another thread and sent home.
     pub cross_thread_returns: u64,
+    /// `Transaction`-mode VMs put back into a ready VM's state after their transaction
+    /// instead of being dropped (a recycling template, see [`crate::recycle`]).
+    pub recycled: u64,
 }
 
 /// Counters of every thread of a pool.
@@ -77,6 +81,7 @@ impl PoolStats {
             misses: a.misses + t.misses,
             poisonings: a.poisonings + t.poisonings,
             cross_thread_returns: a.cross_thread_returns + t.cross_thread_returns,
+            recycled: a.recycled + t.recycled,
         })
     }
 }
@@ -100,6 +105,7 @@ impl<T: Send + 'static> VmPool<T> {
                         misses: l(&c.misses),
                         poisonings: l(&c.poisonings),
                         cross_thread_returns: l(&c.cross_thread_returns),
+                        recycled: l(&c.recycled),
                     }
                 })
                 .collect(),

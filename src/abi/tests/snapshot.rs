@@ -63,6 +63,12 @@ fn fresh_template(wasm: &[u8], cfg: &str) -> Template {
 /// One transaction through a VM of `t`: everything the guest did and what the maps became.
 fn transaction(t: &Template) -> Result<String, String> {
     let mut vm = t.instantiate().map_err(|e| format!("{e:#}"))?;
+    transaction_in(&mut vm)
+}
+
+/// One transaction through `vm` (see [`transaction`]).
+fn transaction_in(vm: &mut guest::ProxyVm<MemoryBackend>) -> Result<String, String> {
+    let vm = &mut *vm;
     let st = vm.store.data_mut();
     let b = &mut st.backend;
     b.set_map(1, MapType::RequestHeaders, &[(":method", "GET"), (":path", "/admin/x"), ("user-agent", "curl/8")]);
@@ -71,17 +77,12 @@ fn transaction(t: &Template) -> Result<String, String> {
     let (root, abi) = (vm.store.data().root_context_id(), vm.store.data().abi_version());
     // Errors by their cause: a trap's wasm backtrace names code offsets, which the rewritten
     // module shifts.
-    let ctx = guest::create_stream_context(&mut vm, 1).map_err(|e| e.root_cause().to_string());
-    let req = ctx
-        .as_ref()
-        .ok()
-        .map(|&c| guest::on_request_headers(&mut vm, c, 3, false).map_err(|e| e.root_cause().to_string()));
-    let resp = ctx
-        .as_ref()
-        .ok()
-        .map(|&c| guest::on_response_headers(&mut vm, c, 2, false).map_err(|e| e.root_cause().to_string()));
-    let done =
-        ctx.as_ref().ok().map(|&c| guest::finish_stream_context(&mut vm, c).map_err(|e| e.root_cause().to_string()));
+    let ctx = guest::create_stream_context(vm, 1).map_err(|e| e.root_cause().to_string());
+    let req =
+        ctx.as_ref().ok().map(|&c| guest::on_request_headers(vm, c, 3, false).map_err(|e| e.root_cause().to_string()));
+    let resp =
+        ctx.as_ref().ok().map(|&c| guest::on_response_headers(vm, c, 2, false).map_err(|e| e.root_cause().to_string()));
+    let done = ctx.as_ref().ok().map(|&c| guest::finish_stream_context(vm, c).map_err(|e| e.root_cause().to_string()));
     let b = &vm.store.data().backend;
     Ok(format!(
         "root {root} abi {abi:?} tick {tick:?} ctx {ctx:?} req {req:?} resp {resp:?} done {done:?}\nreq map {:?}\nresp map {:?}\nlogs {:?}\nlocal {:?}\ncalls {:?}\ncontinued {:?}",
@@ -115,6 +116,13 @@ fn a_snapshot_vm_answers_as_a_freshly_initialized_one_for_every_example_module()
         // Twice: every VM of the template starts from the same state.
         for _ in 0..2 {
             assert_eq!(transaction(&snap).expect(&name), expected, "{name}");
+        }
+        // A used VM put back into a ready VM's state answers as a fresh one, again and again.
+        assert!(snap.recycles(), "{name}");
+        let mut vm = snap.instantiate().expect(&name);
+        for round in 0..3 {
+            assert_eq!(transaction_in(&mut vm).expect(&name), expected, "{name}, round {round}");
+            assert!(snap.recycle(&mut vm), "{name}: recycled");
         }
         snapshotted += 1;
     }
@@ -186,4 +194,44 @@ fn initializer_log_lines_shared_data_and_queues_are_replayed_in_each_snapshot_vm
         assert_eq!(target.vm, st.vm_uid());
         assert_eq!(transaction(&snap).unwrap(), fresh);
     }
+}
+
+#[test]
+fn a_recycled_vm_has_the_memory_and_globals_of_a_fresh_one_and_one_whose_memory_grew_is_not_recycled() {
+    // Each request logs what it finds (a data string, a zero page far from the data, a global)
+    // and then changes all three; the third request header grows the memory.
+    let wat = r#"(module
+      (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+      (memory (export "memory") 2)
+      (global $g (mut i32) (i32.const 7))
+      (data (i32.const 64) "configured")
+      (func (export "proxy_abi_version_0_2_1"))
+      (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 4096))
+      (func (export "proxy_on_configure") (param i32 i32) (result i32)
+        (global.set $g (i32.const 41))
+        (i32.const 1))
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+        (drop (call $log (i32.const 2) (i32.const 64) (i32.const 10)))
+        (drop (call $log (i32.const 2) (i32.const 100000) (i32.const 4)))
+        (drop (call $log (i32.const 2) (i32.const 64) (global.get $g)))
+        (i32.store (i32.const 64) (i32.const 0x21212121))
+        (i32.store (i32.const 100000) (i32.const 0x41414141))
+        (global.set $g (i32.const 3))
+        (if (i32.eq (local.get 1) (i32.const 99)) (then (drop (memory.grow (i32.const 1)))))
+        (i32.const 0)))"#;
+    let wasm = wat::parse_str(wat).unwrap();
+    let fresh = transaction(&fresh_template(&wasm, "")).unwrap();
+    assert!(fresh.contains(r#""configured""#), "{fresh}");
+    assert!(fresh.contains(r#""\0\0\0\0""#), "{fresh}");
+    let snap = snapshot_template(&engine(), &wasm, state_fn(""), 1000).expect("snapshotted");
+    assert!(snap.recycles());
+    let mut vm = snap.instantiate().unwrap();
+    for _ in 0..3 {
+        assert_eq!(transaction_in(&mut vm).unwrap(), fresh);
+        assert!(snap.recycle(&mut vm));
+    }
+    // A request that grows the memory: the VM cannot be put back.
+    let ctx = guest::create_stream_context(&mut vm, 1).unwrap();
+    guest::on_request_headers(&mut vm, ctx, 99, false).unwrap();
+    assert!(!snap.recycle(&mut vm), "a memory cannot shrink");
 }
