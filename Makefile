@@ -30,6 +30,8 @@ deps:
 
 build: plugin examples
 
+# ATS_PREFIX=/opt/ats10 (on the command line, so cargo's build.rs sees it): build the plugin for
+# that ATS install's headers, e.g. an ATS 10 built by tests/ats10/build-ats.sh (docs/ats10.md).
 plugin:
 	# --workspace --all-targets: the same feature set as `cargo test` (dev-dependencies such as
 	# criterion change shared dependencies' features), so build and test share one wasmtime build.

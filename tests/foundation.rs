@@ -49,6 +49,32 @@ fn verify_global_plugin_accepts_the_plugin() {
     );
 }
 
+/// With `ATS10_PREFIX`: the ATS the suite runs is 10.x, the plugin built for it imports ATS 10's
+/// C++-mangled API (a 9.2 build, importing `TSDebug`, fails `verify_global_plugin` there), and
+/// it loads and runs a filter. Without it: one line, skipped.
+#[test]
+fn on_ats10_the_plugin_is_built_for_it_and_runs_a_filter() {
+    if harness::ats10_prefix().is_none() {
+        eprintln!("[harness] skipped: ATS10_PREFIX is not set (no ATS 10 install to test against)");
+        return;
+    }
+    let v = std::process::Command::new(harness::ats_program("traffic_server"))
+        .arg("-V")
+        .output()
+        .expect("traffic_server -V");
+    let version = String::from_utf8_lossy(&v.stdout).into_owned() + &String::from_utf8_lossy(&v.stderr);
+    assert!(version.contains("Apache Traffic Server - traffic_server - 10."), "{version}");
+    let so = std::fs::read(plugin_so()).expect("reading the plugin");
+    let has = |sym: &[u8]| so.windows(sym.len()).any(|w| w == sym);
+    assert!(has(b"_Z16TSPluginRegisterPK24TSPluginRegistrationInfo\0"), "the plugin must import ATS 10's mangled API");
+    assert!(!has(b"TSDebug\0"), "TSDebug is gone in ATS 10");
+    let ats = Ats::builder().config_file("add-headers.yaml", add_headers_yaml()).plugin(&["add-headers.yaml"]).start();
+    let r = ats.get("/ats10");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-test-resp"), Some("s-456"), "{r:?}");
+    assert!(error_lines(&ats).is_empty(), "{:?}", error_lines(&ats));
+}
+
 #[test]
 fn add_headers_filter_under_concurrent_load_with_two_net_threads() {
     let ats = Ats::builder()

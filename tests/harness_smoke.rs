@@ -124,7 +124,7 @@ fn verify_global_plugin_rejects_missing_so() {
     assert!(text.contains("Fail"), "{text}");
 
     // And a real (bundled) plugin passes.
-    let ok = verify_global_plugin(Path::new("/usr/lib/trafficserver/modules/stats_over_http.so"));
+    let ok = verify_global_plugin(&harness::ats_plugin_dir().join("stats_over_http.so"));
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 }
 
@@ -283,4 +283,26 @@ fn port_clash_is_detected_and_retried() {
     eprintln!("port clash reported after {:?}", t.elapsed());
     assert!(err.contains("Address already in use"), "{err}");
     assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+}
+
+#[test]
+fn records_yaml_for_ats10_is_flat_typed_renamed_and_the_later_line_wins() {
+    let yaml = harness::records_yaml(
+        "CONFIG proxy.config.exec_thread.autoconfig INT 0\n\
+         CONFIG proxy.config.diags.debug.tags STRING ats_wasm\n\
+         CONFIG proxy.config.admin.user_id STRING #-1\n\
+         CONFIG proxy.config.http.cache.http INT 1\n\
+         CONFIG proxy.config.exec_thread.autoconfig.scale FLOAT 1.5\n\
+         CONFIG proxy.config.diags.debug.tags STRING a|\"b\"\n\
+         not a record line\n",
+    );
+    assert_eq!(
+        yaml,
+        "records:\n\
+         \x20 exec_thread.autoconfig.enabled: !!int 0\n\
+         \x20 diags.debug.tags: !!str \"a|\\\"b\\\"\"\n\
+         \x20 admin.user_id: !!str \"#-1\"\n\
+         \x20 http.cache.http: !!int 1\n\
+         \x20 exec_thread.autoconfig.scale: !!float 1.5\n"
+    );
 }

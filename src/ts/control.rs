@@ -58,7 +58,12 @@ pub fn register_control<H: ControlHandler>(name: &CStr) {
     // life of the process (ATS keeps it registered); name is copied by ATS.
     unsafe {
         let cont = sys::TSContCreate(Some(control_trampoline::<H>), std::ptr::null_mut());
+        #[cfg(not(ats10))]
         sys::TSMgmtUpdateRegister(cont, name.as_ptr());
+        // ATS 10.0 added a third parameter, a file whose mtime gates the callback; null (its
+        // default) keeps 9.2's behaviour: called on every `traffic_ctl config reload`.
+        #[cfg(ats10)]
+        sys::TSMgmtUpdateRegister(cont, name.as_ptr(), std::ptr::null());
         sys::TSLifecycleHookAdd(sys::TS_LIFECYCLE_MSG_HOOK, cont);
     }
 }

@@ -193,16 +193,23 @@ pub fn run_on_net_pool<H: TimerHandler>(data: usize) -> bool {
     !unsafe { sys::TSContScheduleOnPool(cont, 0, sys::TS_THREAD_POOL_NET) }.is_null()
 }
 
-/// How many net threads (`ET_NET`) ATS starts, from its records as ATS 9.2 computes it:
-/// `proxy.config.exec_thread.limit` when `proxy.config.exec_thread.autoconfig` is 0, else the
-/// CPUs this process may use × `proxy.config.exec_thread.autoconfig.scale`; at least 1.
+/// The record that turns net-thread autoconfiguration on (default 1).
+#[cfg(not(ats10))]
+const AUTOCONFIG: &std::ffi::CStr = c"proxy.config.exec_thread.autoconfig";
+/// ATS 10.0 renamed it: `exec_thread.autoconfig` became a map (`enabled`, `scale`).
+#[cfg(ats10)]
+const AUTOCONFIG: &std::ffi::CStr = c"proxy.config.exec_thread.autoconfig.enabled";
+
+/// How many net threads (`ET_NET`) ATS starts, from its records as ATS computes it:
+/// `proxy.config.exec_thread.limit` when autoconfig ([`AUTOCONFIG`]) is 0, else the CPUs this
+/// process may use × `proxy.config.exec_thread.autoconfig.scale`; at least 1.
 pub fn net_thread_count() -> usize {
     let int = |name: &std::ffi::CStr| {
         let mut v: sys::TSMgmtInt = 0;
         // SAFETY: name is NUL-terminated; v is a valid out-pointer.
         (unsafe { sys::TSMgmtIntGet(name.as_ptr(), &mut v) } == sys::TS_SUCCESS).then_some(v)
     };
-    let n = if int(c"proxy.config.exec_thread.autoconfig").unwrap_or(1) == 0 {
+    let n = if int(AUTOCONFIG).unwrap_or(1) == 0 {
         int(c"proxy.config.exec_thread.limit").unwrap_or(1)
     } else {
         let mut scale: sys::TSMgmtFloat = 1.0;

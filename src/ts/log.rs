@@ -1,5 +1,5 @@
-//! ATS diagnostics: `TSDebug` (console, when the tag is enabled), `TSNote`, `TSWarning` and
-//! `TSError` (`diags.log`).
+//! ATS diagnostics: `TSDebug` (console, when the tag is enabled; ATS 10's `DbgCtl` through
+//! `shim10.cc`), `TSNote`, `TSWarning` and `TSError` (`diags.log`).
 
 use std::ffi::{CStr, c_int};
 
@@ -9,9 +9,25 @@ use super::sys;
 pub const TAG: &CStr = c"ats_wasm";
 
 /// Whether `proxy.config.diags.debug.tags` enables [`TAG`].
+#[cfg(not(ats10))]
 pub fn debug_enabled() -> bool {
     // SAFETY: TAG is a NUL-terminated static string.
     unsafe { sys::TSIsDebugTagSet(TAG.as_ptr()) != 0 }
+}
+
+// ATS 10.0 removed TSDebug and TSIsDebugTagSet for the C++ debug-control class DbgCtl:
+// src/ts/shim10.cc wraps the one DbgCtl for TAG ("ats_wasm") in these two C functions.
+#[cfg(ats10)]
+unsafe extern "C" {
+    fn ats_wasm_dbg_on() -> c_int;
+    fn ats_wasm_dbg(msg: *const u8, len: c_int);
+}
+
+/// Whether `proxy.config.diags.debug.tags` enables [`TAG`].
+#[cfg(ats10)]
+pub fn debug_enabled() -> bool {
+    // SAFETY: takes no arguments; the shim's DbgCtl lives for the whole process.
+    unsafe { ats_wasm_dbg_on() != 0 }
 }
 
 fn len(msg: &[u8]) -> c_int {
@@ -19,9 +35,18 @@ fn len(msg: &[u8]) -> c_int {
 }
 
 /// Writes `msg` with `TSDebug` under [`TAG`] (shown only when the tag is enabled).
+#[cfg(not(ats10))]
 pub fn debug(msg: &[u8]) {
     // SAFETY: "%.*s" reads exactly `len` bytes from `msg`, which outlives the call.
     unsafe { sys::TSDebug(TAG.as_ptr(), c"%.*s".as_ptr(), len(msg), msg.as_ptr()) }
+}
+
+/// Writes `msg` under [`TAG`] through ATS 10's debug control (shown only when the tag is enabled).
+#[cfg(ats10)]
+pub fn debug(msg: &[u8]) {
+    // SAFETY: the shim prints with "%.*s", reading exactly `len` bytes of `msg`, which outlives
+    // the call.
+    unsafe { ats_wasm_dbg(msg.as_ptr(), len(msg)) }
 }
 
 /// Writes `msg` to `diags.log` at NOTE level.

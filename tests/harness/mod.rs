@@ -1,5 +1,7 @@
 //! Integration-test harness for ats-wasm: runs a private Apache Traffic Server 9.2 (Debian's
-//! `traffic_server`) in a temporary runroot, in front of a recording loopback origin.
+//! `traffic_server`) in a temporary runroot, in front of a recording loopback origin. With
+//! `ATS10_PREFIX` set (an ATS 10 install, see `tests/ats10/build-ats.sh`), it runs that
+//! install's `traffic_server` instead, with a `records.yaml`, and builds the plugin for it.
 //!
 //! Include it from an integration test file with `mod harness;`. It deliberately does not
 //! reference the `ats_wasm` crate (the cdylib leaves `TS*` symbols undefined, so a test binary
@@ -53,8 +55,39 @@ const START_ATTEMPTS: usize = 3;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lines of each log printed when an `Ats` is dropped during a panic.
 const DUMP_LINES: usize = 200;
-/// Debian's pristine ATS configuration, copied into each runroot.
+/// Debian's pristine ATS configuration, copied into each runroot (ATS 9.2).
 const SYSTEM_CONFIG_DIR: &str = "/etc/trafficserver";
+
+/// The ATS 10 install the tests run against (`ATS10_PREFIX`), or `None` for Debian's 9.2.
+pub fn ats10_prefix() -> Option<PathBuf> {
+    std::env::var_os("ATS10_PREFIX").filter(|p| !p.is_empty()).map(PathBuf::from)
+}
+
+/// An ATS program: `<ATS10_PREFIX>/bin/<name>`, or `<name>` from `PATH` (Debian's 9.2).
+pub fn ats_program(name: &str) -> PathBuf {
+    match ats10_prefix() {
+        Some(p) => p.join("bin").join(name),
+        None => PathBuf::from(name),
+    }
+}
+
+/// The directory of the ATS install's bundled plugins (`stats_over_http.so`, ...).
+pub fn ats_plugin_dir() -> PathBuf {
+    match ats10_prefix() {
+        Some(p) => p.join("libexec/trafficserver"),
+        None => PathBuf::from("/usr/lib/trafficserver/modules"),
+    }
+}
+
+/// For a test that only makes sense on Debian's ATS 9.2 (its package, `traffic_manager`):
+/// prints one line and returns true when the suite runs against ATS 10.
+pub fn skip_on_ats10(what: &str) -> bool {
+    let skip = ats10_prefix().is_some();
+    if skip {
+        eprintln!("[harness] skipped on ATS 10 (ATS10_PREFIX is set): {what}");
+    }
+    skip
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -70,12 +103,14 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// Runs `make -C <repo_root> build` once per test process (it builds the plugin `.so` and the
-/// example wasm filters). Concurrent callers wait for the first; every caller panics with
+/// example wasm filters; with `ATS10_PREFIX` set, the plugin for that ATS 10). Concurrent callers wait for the first; every caller panics with
 /// make's stdout/stderr if it failed.
 pub fn build_artifacts() {
     static BUILD: OnceLock<Result<(), String>> = OnceLock::new();
     let result = BUILD.get_or_init(|| {
         let started = Instant::now();
+        // With ATS10_PREFIX set, make's cargo inherits it and build.rs builds for that ATS (as
+        // it did for this test binary's own `cargo test`, so nothing is rebuilt twice).
         let out = Command::new("make").arg("-C").arg(repo_root()).arg("build").stdin(Stdio::null()).output();
         match out {
             Err(e) => Err(format!("cannot run `make -C {} build`: {e}", repo_root().display())),
@@ -825,13 +860,34 @@ impl Runroot {
         for d in [&etc, &log, &run, &cache, &var] {
             fs::create_dir_all(d)?;
         }
-        copy_dir(Path::new(SYSTEM_CONFIG_DIR), &etc)?;
         let r = root.display();
         let yaml = root.join("runroot.yaml");
-        fs::write(
-            &yaml,
-            format!(
-                "prefix: {r}\n\
+        let layout = match ats10_prefix() {
+            Some(p) => {
+                copy_dir(&p.join("etc/trafficserver"), &etc)?;
+                // ATS 10 reads records.yaml; its default one would be merged with ours.
+                let _ = fs::remove_file(etc.join("records.yaml"));
+                let p = p.display();
+                format!(
+                    "prefix: {r}\n\
+                     exec_prefix: {p}\n\
+                     bindir: {p}/bin\n\
+                     sbindir: {p}/bin\n\
+                     includedir: {p}/include\n\
+                     libdir: {p}/lib\n\
+                     sysconfdir: {r}/etc\n\
+                     libexecdir: {p}/libexec/trafficserver\n\
+                     datadir: {r}/var\n\
+                     localstatedir: {r}/var\n\
+                     runtimedir: {r}/run\n\
+                     logdir: {r}/log\n\
+                     cachedir: {r}/cache\n"
+                )
+            }
+            None => {
+                copy_dir(Path::new(SYSTEM_CONFIG_DIR), &etc)?;
+                format!(
+                    "prefix: {r}\n\
                  exec_prefix: /usr\n\
                  bindir: /usr/bin\n\
                  sbindir: /usr/sbin\n\
@@ -844,8 +900,10 @@ impl Runroot {
                  runtimedir: {r}/run\n\
                  logdir: {r}/log\n\
                  cachedir: {r}/cache\n"
-            ),
-        )?;
+                )
+            }
+        };
+        fs::write(&yaml, layout)?;
         fs::write(etc.join("storage.config"), format!("{} 64M\n", cache.display()))?;
         fs::write(etc.join("plugin.config"), "")?;
         Ok(Runroot { dir, root, etc, log, run, cache, yaml })
@@ -865,6 +923,9 @@ impl Runroot {
         for line in extra {
             s.push_str(line);
             s.push('\n');
+        }
+        if ats10_prefix().is_some() {
+            return fs::write(self.etc.join("records.yaml"), records_yaml(&s));
         }
         fs::write(self.etc.join("records.config"), s)
     }
@@ -911,6 +972,39 @@ CONFIG proxy.config.diags.output.alert STRING EL
 CONFIG proxy.config.diags.output.emergency STRING EL
 "
     )
+}
+
+/// ATS 10's `records.yaml` for 9.2-format `CONFIG name TYPE value` lines (the form tests give
+/// records in): one flat, typed key per record under `records:` (ATS 10 joins nested keys with
+/// dots, so `a.b: 1` is `a: {b: 1}`); for a name given twice the later line wins. Records ATS 10
+/// renamed are written under their new names.
+pub fn records_yaml(records_config: &str) -> String {
+    let mut order: Vec<String> = Vec::new();
+    let mut values: HashMap<String, String> = HashMap::new();
+    for line in records_config.lines() {
+        let mut parts = line.trim().splitn(4, ' ');
+        let (Some("CONFIG"), Some(name), Some(ty), value) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let Some(name) = name.strip_prefix("proxy.config.") else { continue };
+        // ATS 10.0 made exec_thread.autoconfig a map (`enabled`, `scale`).
+        let name = if name == "exec_thread.autoconfig" { "exec_thread.autoconfig.enabled" } else { name };
+        let value = value.unwrap_or("").trim();
+        let yaml = match ty {
+            "INT" => format!("!!int {value}"),
+            "FLOAT" => format!("!!float {value}"),
+            _ => format!("!!str \"{}\"", value.replace('\\', "\\\\").replace('"', "\\\"")),
+        };
+        if values.insert(name.to_string(), yaml).is_none() {
+            order.push(name.to_string());
+        }
+    }
+    let mut out = String::from("records:\n");
+    for name in order {
+        out.push_str(&format!("  {name}: {}\n", values[&name]));
+    }
+    out
 }
 
 fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
@@ -1024,7 +1118,8 @@ pub struct AtsBuilder {
 
 impl AtsBuilder {
     /// Starts `traffic_manager` (which starts `traffic_server`), as production does, so that
-    /// [`Ats::ctl`] (`traffic_ctl`) works: ATS 9.2's `traffic_ctl` talks to the manager.
+    /// [`Ats::ctl`] (`traffic_ctl`) works: ATS 9.2's `traffic_ctl` talks to the manager. On
+    /// ATS 10 (no manager) this starts `traffic_server` alone, which `traffic_ctl` talks to.
     pub fn under_manager(mut self) -> Self {
         self.manager = true;
         self
@@ -1178,7 +1273,9 @@ impl AtsBuilder {
         let console = rr.root.join("console.log");
         let out = fs::File::create(&console).map_err(|e| fail("creating console.log", e))?;
         let err = out.try_clone().map_err(|e| fail("cloning console.log", e))?;
-        let mut cmd = Command::new(if self.manager { "traffic_manager" } else { "traffic_server" });
+        // ATS 10.0 removed traffic_manager: its traffic_ctl talks to traffic_server (JSON-RPC).
+        let program = if self.manager && ats10_prefix().is_none() { "traffic_manager" } else { "traffic_server" };
+        let mut cmd = Command::new(ats_program(program));
         cmd.arg(format!("--run-root={}", rr.yaml.display()))
             .current_dir(&rr.root)
             .env_remove("TS_ROOT")
@@ -1325,7 +1422,7 @@ impl Ats {
     /// returns its exit success and output (stdout then stderr).
     pub fn ctl(&self, args: &[&str]) -> (bool, String) {
         let rr = self.runroot.as_ref().expect("a runroot");
-        let out = Command::new("traffic_ctl")
+        let out = Command::new(ats_program("traffic_ctl"))
             .arg(format!("--run-root={}", rr.yaml.display()))
             .args(args)
             .env_remove("TS_ROOT")
@@ -1598,7 +1695,7 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 fn verify_plugin(kind: &str, so: &Path) -> Output {
     let rr = Runroot::create().expect("creating a runroot for plugin verification");
     rr.write_records(free_port(), 1, &[]).expect("writing records.config");
-    let out = Command::new("traffic_server")
+    let out = Command::new(ats_program("traffic_server"))
         .arg(format!("--run-root={}", rr.yaml.display()))
         .arg("-C")
         .arg(format!("{kind} {}", so.display()))
