@@ -121,6 +121,20 @@ impl Transform {
         }
     }
 
+    /// The input's VIO and reader, or `None` when the input has no buffer (the producer never
+    /// started or went away).
+    fn input(self) -> Option<(sys::TSVIO, sys::TSIOBufferReader)> {
+        // SAFETY: the transform is open (handler contract); a write VIO with a buffer has a
+        // reader.
+        unsafe {
+            let vio = sys::TSVConnWriteVIOGet(self.0);
+            if vio.is_null() || sys::TSVIOBufferGet(vio).is_null() {
+                return None;
+            }
+            Some((vio, sys::TSVIOReaderGet(vio)))
+        }
+    }
+
     /// Moves up to `max` bytes of input into `out`.
     pub fn read_input(self, out: &mut Vec<u8>, max: usize) -> InputRead {
         let read = self.peek_input(out, max);
@@ -132,15 +146,13 @@ impl Transform {
     /// [`Transform::consume_input`], [`Output::pass_input`]); `complete` says whether the input
     /// will be complete once they are consumed.
     pub fn peek_input(self, out: &mut Vec<u8>, max: usize) -> InputRead {
+        let Some((vio, reader)) = self.input() else {
+            return InputRead { no_buffer: true, ..InputRead::default() };
+        };
         // SAFETY: the transform is open (handler contract); the VIO, its buffer and reader are
         // ATS's; the block pointers are read within this call only.
         unsafe {
-            let vio = sys::TSVConnWriteVIOGet(self.0);
-            if vio.is_null() || sys::TSVIOBufferGet(vio).is_null() {
-                return InputRead { no_buffer: true, ..InputRead::default() };
-            }
             let todo = sys::TSVIONTodoGet(vio);
-            let reader = sys::TSVIOReaderGet(vio);
             let want = todo.min(sys::TSIOBufferReaderAvail(reader)).min(max.min(i64::MAX as usize) as i64).max(0);
             out.reserve(want as usize);
             let mut left = want;
@@ -165,14 +177,9 @@ impl Transform {
         if n == 0 {
             return;
         }
-        // SAFETY: the transform is open (handler contract); n bytes are available in the
-        // reader (peeked in this event), so the VIO and its reader exist.
+        let Some((vio, reader)) = self.input() else { return };
+        // SAFETY: the transform is open (handler contract); the VIO and its reader are ATS's.
         unsafe {
-            let vio = sys::TSVConnWriteVIOGet(self.0);
-            if vio.is_null() || sys::TSVIOBufferGet(vio).is_null() {
-                return;
-            }
-            let reader = sys::TSVIOReaderGet(vio);
             let n = (n.min(i64::MAX as usize) as i64).min(sys::TSIOBufferReaderAvail(reader));
             sys::TSIOBufferReaderConsume(reader, n);
             sys::TSVIONDoneSet(vio, sys::TSVIONDoneGet(vio) + n);
@@ -230,14 +237,10 @@ impl Output {
         if n == 0 {
             return;
         }
-        // SAFETY: the transform is open (handler contract), so its input VIO and reader exist
-        // while it has a buffer; buf is our live buffer; TSIOBufferCopy references the blocks.
+        let Some((_, reader)) = t.input() else { return };
+        // SAFETY: the transform is open (handler contract), so its input reader is ATS's live
+        // one; buf is our live buffer; TSIOBufferCopy references the blocks.
         unsafe {
-            let vio = sys::TSVConnWriteVIOGet(t.0);
-            if vio.is_null() || sys::TSVIOBufferGet(vio).is_null() {
-                return;
-            }
-            let reader = sys::TSVIOReaderGet(vio);
             let n = (n.min(i64::MAX as usize) as i64).min(sys::TSIOBufferReaderAvail(reader));
             sys::TSIOBufferCopy(self.buf, reader, n, 0);
         }
