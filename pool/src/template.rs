@@ -48,13 +48,23 @@ impl<T: Send + 'static> VmTemplate<T> {
         init: impl Fn(&mut Vm<T>) -> wasmtime::Result<()> + Send + Sync + 'static,
         init_deadline_ticks: u64,
     ) -> Arc<Self> {
+        Self::build(pre, Box::new(new_state), Box::new(init), init_deadline_ticks, None)
+    }
+
+    fn build(
+        pre: InstancePre<T>,
+        new_state: Box<NewState<T>>,
+        init: Box<Initializer<T>>,
+        init_deadline_ticks: u64,
+        recycle: Option<Box<Recycler<T>>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             engine: pre.module().engine().clone(),
             module: pre.module().clone(),
             pre,
-            new_state: Box::new(new_state),
-            init: Box::new(init),
-            recycle: None,
+            new_state,
+            init,
+            recycle,
             init_deadline_ticks,
         })
     }
@@ -68,15 +78,7 @@ impl<T: Send + 'static> VmTemplate<T> {
         init_deadline_ticks: u64,
         recycle: impl Fn(&mut Vm<T>) -> wasmtime::Result<()> + Send + Sync + 'static,
     ) -> Arc<Self> {
-        Arc::new(Self {
-            engine: pre.module().engine().clone(),
-            module: pre.module().clone(),
-            pre,
-            new_state: Box::new(new_state),
-            init: Box::new(init),
-            recycle: Some(Box::new(recycle)),
-            init_deadline_ticks,
-        })
+        Self::build(pre, Box::new(new_state), Box::new(init), init_deadline_ticks, Some(Box::new(recycle)))
     }
 
     /// Whether used VMs of this template can be recycled.
