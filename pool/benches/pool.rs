@@ -3,13 +3,16 @@
 //! Before criterion runs, the resident memory per ready VM is measured (RSS delta from
 //! /proc/self/statm over creating N ready VMs) and printed.
 
+#[path = "common/stub_linker.rs"]
+mod stub_linker;
 use std::hint::black_box;
 use std::sync::{Arc, Barrier, mpsc};
 use std::time::{Duration, Instant};
+use stub_linker::stub_linker;
 
 use ats_wasm_pool::{EngineOptions, Isolation, LeasedVm, PoolConfig, Vm, VmPool, VmTemplate, new_engine};
 use criterion::{BenchmarkId, Criterion};
-use wasmtime::{Engine, Linker, Module, Val};
+use wasmtime::{Engine, Module};
 
 const MINIMAL_WAT: &str = r#"(module (memory (export "memory") 1) (func (export "_initialize")))"#;
 const ADD_HEADERS: &str =
@@ -23,25 +26,6 @@ struct Host {
 
 fn engine() -> Engine {
     new_engine(&EngineOptions { max_instances: 512, ..EngineOptions::default() }).expect("engine")
-}
-
-/// A linker where every import is a host function answering zeros (the add-headers module
-/// imports all `env.proxy_*`; the pool must not depend on the ABI layer).
-fn stub_linker(engine: &Engine, module: &Module) -> Linker<Host> {
-    let mut linker = Linker::new(engine);
-    for import in module.imports() {
-        if let Some(ty) = import.ty().func() {
-            let results: Vec<_> = ty.results().collect();
-            let r = linker.func_new(import.module(), import.name(), ty.clone(), move |_, _, out| {
-                for (o, t) in out.iter_mut().zip(&results) {
-                    *o = Val::default_for_ty(t).unwrap_or(Val::I32(0));
-                }
-                Ok(())
-            });
-            r.expect("stub import");
-        }
-    }
-    linker
 }
 
 /// `initialize`: run `_initialize` (what the ABI initializer starts with), or nothing.

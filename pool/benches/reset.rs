@@ -8,13 +8,16 @@
 //! `_initialize` again in one VM of a module from [`export_state`] and puts it back with
 //! [`Pristine::reset`]. The engines are built as `new_engine` builds them, plus one option.
 
+#[path = "common/stub_linker.rs"]
+mod stub_linker;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
+use stub_linker::stub_linker;
 
 use ats_wasm_pool::{Pristine, Vm, VmTemplate, export_state};
 use criterion::{BenchmarkId, Criterion};
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, Linker, Module, PoolingAllocationConfig, Val};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig};
 
 const ADD_HEADERS: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/target/wasm32-unknown-unknown/release/add_headers.wasm");
@@ -28,23 +31,6 @@ fn engine(tweak: impl FnOnce(&mut PoolingAllocationConfig, &mut Config)) -> Engi
     tweak(&mut pooling, &mut config);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     Engine::new(&config).expect("engine")
-}
-
-fn stub_linker(engine: &Engine, module: &Module) -> Linker<()> {
-    let mut linker = Linker::new(engine);
-    for import in module.imports() {
-        if let Some(ty) = import.ty().func() {
-            let results: Vec<_> = ty.results().collect();
-            let r = linker.func_new(import.module(), import.name(), ty.clone(), move |_, _, out| {
-                for (o, t) in out.iter_mut().zip(&results) {
-                    *o = Val::default_for_ty(t).unwrap_or(Val::I32(0));
-                }
-                Ok(())
-            });
-            r.expect("stub import");
-        }
-    }
-    linker
 }
 
 fn initialize(vm: &mut Vm<()>) -> wasmtime::Result<()> {
